@@ -1,0 +1,16 @@
+"""sparsam: DINO self-supervised features for sparsely annotated medical images.
+
+Packages the method of Nielsen et al., "Self-Supervision for Medical Image Classification"
+(Bioengineering 2023) as scikit-learn estimators.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .featurizer import DinoFeaturizer
+
+try:
+    __version__ = version("sparsam")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["DinoFeaturizer", "__version__"]

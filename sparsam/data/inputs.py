@@ -1,0 +1,522 @@
+"""Turn any user input for an image transformer into uint8 image tensors.
+
+`as_image_source` checks the container eagerly and cheaply, and returns an `ImageSource` that
+decodes one image at a time as a uint8 ``(3, H, W)`` tensor at its native size.
+`iter_batches` and `load_images` resize the images to a square and batch them, decoding in
+`torch.utils.data.DataLoader` workers so that files are read batch by batch.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["ImageSource", "as_image_source", "iter_batches", "load_images"]
+
+_UINT16_BIT_DEPTHS = (8, 10, 12, 14, 16)
+_ACCEPTED_DTYPES = "uint8, uint16, float16, float32 or float64"
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# Bounds the temporary memory of the vectorised float checks on large stacked arrays.
+_CHECK_CHUNK_BYTES = 2**26
+
+
+class ImageSource:
+    """Random access to a validated collection of images as uint8 ``(3, H, W)`` tensors.
+
+    Create it with `as_image_source`, which validates the input; images are decoded only when
+    indexed, so file paths are read lazily.
+
+    Parameters
+    ----------
+    images : numpy.ndarray or list
+        Either a stacked array ``(n, H, W)`` or ``(n, H, W, C)``, or a list whose items are
+        numpy arrays, PIL images or file paths.
+    uint16_bit_depth : int or None, default=None
+        Bit depth used to scale in-memory uint16 arrays to uint8. ``None`` for sources without
+        uint16 arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> source = as_image_source(np.zeros((2, 4, 5), dtype=np.uint8))
+    >>> len(source), tuple(source[0].shape)
+    (2, (3, 4, 5))
+    """
+
+    def __init__(self, images: np.ndarray | list[Any], uint16_bit_depth: int | None = None) -> None:
+        self._images = images
+        self._uint16_bit_depth = uint16_bit_depth
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Decode image `index` as a contiguous uint8 tensor ``(3, H, W)`` at its native size."""
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(
+                f"ImageSource indices must be integers; got {type(index).__name__}"
+            ) from None
+        n_images = len(self)
+        if not -n_images <= index < n_images:
+            raise IndexError(f"image index {index} is out of range for {n_images} images")
+        index %= n_images
+        return _decode(self._images[index], index, self._uint16_bit_depth)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_images={len(self)})"
+
+
+def as_image_source(X: Any) -> ImageSource:
+    """Validate an image collection and wrap it for lazy decoding to uint8 tensors.
+
+    Only cheap checks run here: array shapes, dtypes and value ranges, item types, and that
+    every file path exists. Files are opened only when the returned source is indexed.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, list, tuple or ImageSource
+        One of
+
+        - a numpy array ``(n, H, W)`` (grayscale) or ``(n, H, W, C)`` with C in 1, 3, 4;
+        - a list or tuple of numpy arrays ``(H, W)`` or ``(H, W, C)`` of possibly different
+          sizes, of PIL images (any mode), or of file paths (``str`` or ``os.PathLike``);
+          items of different kinds may be mixed;
+        - a 1-D numpy array of file paths (dtype ``object`` or ``str``).
+
+        Array dtypes may be uint8, uint16 or float (float16, float32, float64) with values
+        in [0, 1], which are mapped to uint8 by ``round(x * 255)``. uint16 data is scaled by
+        ``round(x * 255 / (2**b - 1))`` with ``b`` the smallest bit depth among 8, 10, 12,
+        14 and 16 whose maximum holds the largest pixel value, so 12-bit microscopy with a
+        maximum of 4095 maps to the full uint8 range. A stacked array, and all uint16 arrays
+        of one list together, share one bit depth (taken from their overall maximum), so the
+        relative brightness of images is kept; uint16 PIL images (modes ``"I;16"``, ``"I"``)
+        and 16-bit files get a bit depth of their own. Float PIL images (mode ``"F"``) follow
+        the float rule.
+
+        Files may be PNG, JPEG, TIFF or BMP (read with PIL), or DICOM (suffix ``.dcm`` or
+        ``.dicom``, or the ``DICM`` marker at byte 128), read with pydicom when installed.
+        DICOM data gets its RescaleSlope and RescaleIntercept applied; data deeper than
+        8 bits is then min-max scaled to uint8 per image, and MONOCHROME1 is inverted.
+
+        Grayscale images are repeated to 3 channels and alpha channels are dropped.
+
+    Returns
+    -------
+    ImageSource
+        ``len(source)`` images; ``source[i]`` is a contiguous uint8 tensor ``(3, H, W)``.
+
+    Raises
+    ------
+    ValueError
+        If `X` is empty, if an image has the wrong number of dimensions or channels, zero
+        height or width, or float pixels that are not finite or outside [0, 1].
+    TypeError
+        If `X`, an item of it or an array dtype is not one of the accepted kinds.
+    FileNotFoundError
+        If a file path does not point to an existing file.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> source = as_image_source(np.full((1, 2, 2), 4095, dtype=np.uint16))
+    >>> int(source[0].max())
+    255
+    """
+    if isinstance(X, ImageSource):
+        return X
+    if isinstance(X, str | bytes | os.PathLike):
+        raise TypeError(
+            f"X is a single {type(X).__name__} ({X!r}); pass a list of file paths, e.g. [path]"
+        )
+    if isinstance(X, Image.Image):
+        raise TypeError("X is a single PIL image; pass a list of PIL images, e.g. [image]")
+    if isinstance(X, np.ndarray):
+        if X.dtype.kind in "OUS":
+            if X.ndim != 1:
+                raise ValueError(
+                    f"X is a {X.ndim}-D array of dtype {X.dtype} with shape {X.shape}; expected "
+                    "a 1-D array of file paths"
+                )
+            return _list_source(list(X))
+        return _stacked_array_source(X)
+    if isinstance(X, list | tuple):
+        return _list_source(list(X))
+    raise TypeError(
+        f"X has type {type(X).__name__}; expected a numpy array, or a list or tuple of numpy "
+        "arrays, PIL images or file paths"
+    )
+
+
+def iter_batches(
+    source: ImageSource | Any, image_size: int, batch_size: int, num_workers: int = 0
+) -> Iterator[torch.Tensor]:
+    """Iterate over the images in order as uint8 batches resized to ``image_size x image_size``.
+
+    Each image is resized with antialiased bilinear interpolation (aspect ratio is not kept)
+    and rounded back to uint8; images already of that size are left unchanged. Decoding and
+    resizing run per image in `torch.utils.data.DataLoader` workers, so files are read batch
+    by batch.
+
+    Parameters
+    ----------
+    source : ImageSource or any input accepted by `as_image_source`
+        The images.
+    image_size : int
+        Side length of the square output images.
+    batch_size : int
+        Number of images per batch; the last batch may be smaller.
+    num_workers : int, default=0
+        Number of worker processes; 0 decodes in the calling process.
+
+    Returns
+    -------
+    Iterator[torch.Tensor]
+        uint8 batches of shape ``(b, 3, image_size, image_size)``, in the order of `source`.
+
+    Raises
+    ------
+    ValueError
+        If `image_size` or `batch_size` is not a positive integer, or `num_workers` is
+        negative; decoding errors of single images are raised when their batch is reached.
+    """
+    source = as_image_source(source)
+    for name, value, minimum in (
+        ("image_size", image_size, 1),
+        ("batch_size", batch_size, 1),
+        ("num_workers", num_workers, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    loader = DataLoader(
+        _ResizedImages(source, int(image_size)),
+        batch_size=int(batch_size),
+        shuffle=False,
+        num_workers=int(num_workers),
+        persistent_workers=False,
+    )
+    # A plain iterator rather than a generator, so that invalid arguments raise at the call.
+    return iter(loader)
+
+
+def load_images(
+    source: ImageSource | Any, image_size: int, batch_size: int = 256, num_workers: int = 0
+) -> torch.Tensor:
+    """Decode and resize all images into one uint8 tensor ``(n, 3, image_size, image_size)``.
+
+    Parameters
+    ----------
+    source : ImageSource or any input accepted by `as_image_source`
+        The images.
+    image_size : int
+        Side length of the square output images.
+    batch_size : int, default=256
+        Number of images decoded per batch.
+    num_workers : int, default=0
+        Number of worker processes; 0 decodes in the calling process.
+
+    Returns
+    -------
+    torch.Tensor
+        The same images as `iter_batches` yields, concatenated in order.
+    """
+    source = as_image_source(source)
+    batches = iter_batches(source, image_size, batch_size, num_workers)
+    # Filled in place rather than torch.cat of all batches, which would briefly hold the
+    # decoded set twice.
+    images = torch.empty((len(source), 3, image_size, image_size), dtype=torch.uint8)
+    start = 0
+    for batch in batches:
+        images[start : start + len(batch)] = batch
+        start += len(batch)
+    return images
+
+
+class _ResizedImages(Dataset):
+    """Decode and resize one image per item, so that DataLoader workers do both."""
+
+    def __init__(self, source: ImageSource, image_size: int) -> None:
+        self.source = source
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return _resize(self.source[index], self.image_size)
+
+
+def _resize(image: torch.Tensor, image_size: int) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == (image_size, image_size):
+        return image
+    resized = functional.interpolate(
+        image[None].float(),
+        size=(image_size, image_size),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )[0]
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _stacked_array_source(X: np.ndarray) -> ImageSource:
+    if X.ndim not in (3, 4):
+        hint = {
+            1: " A 1-D array holds no images; pass file paths as a list or a 1-D str array.",
+            2: " For a single image use X[None].",
+        }.get(X.ndim, "")
+        raise ValueError(
+            f"X has shape {X.shape}; expected an array of shape (n, H, W) or (n, H, W, C).{hint}"
+        )
+    if len(X) == 0:
+        raise ValueError(f"X is empty (shape {X.shape}); expected at least one image")
+    if X.ndim == 4 and X.shape[3] not in (1, 3, 4):
+        hint = (
+            " For channels-first data use X.transpose(0, 2, 3, 1)."
+            if X.shape[1] in (1, 3, 4)
+            else ""
+        )
+        raise ValueError(
+            f"X has {X.shape[3]} channels (shape {X.shape}); expected 1, 3 or 4 channels in the "
+            f"last axis, (n, H, W, C).{hint}"
+        )
+    if X.shape[1] == 0 or X.shape[2] == 0:
+        raise ValueError(f"X has shape {X.shape}; expected images of non-zero height and width")
+    kind = _dtype_kind(X.dtype, "X")
+    if kind == "float":
+        _check_stacked_float_values(X)
+    bit_depth = _uint16_bit_depth(int(X.max())) if kind == "uint16" else None
+    return ImageSource(X, bit_depth)
+
+
+def _list_source(items: list[Any]) -> ImageSource:
+    if not items:
+        raise ValueError("X is empty; expected at least one image")
+    uint16_maximum = None
+    for index, item in enumerate(items):
+        where = f"X[{index}]"
+        if isinstance(item, np.ndarray):
+            if _check_array_image(item, where) == "uint16":
+                uint16_maximum = max(int(item.max()), uint16_maximum or 0)
+        elif isinstance(item, Image.Image):
+            if item.width == 0 or item.height == 0:
+                raise ValueError(
+                    f"{where} is a PIL image of size {item.size}; expected non-zero width and "
+                    "height"
+                )
+        elif isinstance(item, str | os.PathLike):
+            if not Path(item).is_file():
+                raise FileNotFoundError(f"{where}: no file at {os.fspath(item)!r}")
+        else:
+            raise TypeError(
+                f"{where} has type {type(item).__name__}; expected a numpy array, a PIL image or "
+                "a file path (str or os.PathLike)"
+            )
+    bit_depth = None if uint16_maximum is None else _uint16_bit_depth(uint16_maximum)
+    return ImageSource(items, bit_depth)
+
+
+def _dtype_kind(dtype: np.dtype, where: str) -> str:
+    if dtype.kind == "u" and dtype.itemsize in (1, 2):
+        return "uint8" if dtype.itemsize == 1 else "uint16"
+    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8):
+        return "float"
+    raise TypeError(f"{where} has dtype {dtype}; expected {_ACCEPTED_DTYPES}")
+
+
+def _check_array_image(array: np.ndarray, where: str) -> str:
+    """Validate one ``(H, W)`` or ``(H, W, C)`` array and return its dtype kind."""
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"{where} has shape {array.shape}; expected an image of shape (H, W) or (H, W, C)"
+        )
+    if array.ndim == 3 and array.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"{where} has {array.shape[2]} channels (shape {array.shape}); expected 1, 3 or 4 "
+            "channels in the last axis"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{where} has shape {array.shape}; expected non-zero height and width")
+    kind = _dtype_kind(array.dtype, where)
+    if kind == "float":
+        _check_float_range(float(np.min(array)), float(np.max(array)), where)
+    return kind
+
+
+def _check_float_range(low: float, high: float, where: str) -> None:
+    # NaN propagates through min and max, so the extremes also reveal non-finite pixels.
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{where} contains NaN or infinite pixels; expected finite values")
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"{where} has float pixel values in [{low:.6g}, {high:.6g}]; expected values in "
+            "[0, 1] (or pass uint8 or uint16 data)"
+        )
+
+
+def _check_stacked_float_values(X: np.ndarray) -> None:
+    n_images = len(X)
+    chunk = max(1, _CHECK_CHUNK_BYTES // max(1, X[0].nbytes))
+    lows = np.empty(n_images)
+    highs = np.empty(n_images)
+    for start in range(0, n_images, chunk):
+        block = X[start : start + chunk].reshape(min(chunk, n_images - start), -1)
+        lows[start : start + chunk] = block.min(axis=1)
+        highs[start : start + chunk] = block.max(axis=1)
+    non_finite = ~(np.isfinite(lows) & np.isfinite(highs))
+    if non_finite.any():
+        index = int(np.argmax(non_finite))
+        _check_float_range(lows[index], highs[index], f"X[{index}]")
+    out_of_range = (lows < 0) | (highs > 1)
+    if out_of_range.any():
+        index = int(np.argmax(out_of_range))
+        _check_float_range(lows[index], highs[index], f"X[{index}]")
+
+
+def _uint16_bit_depth(maximum: int) -> int:
+    return next(bits for bits in _UINT16_BIT_DEPTHS if maximum <= 2**bits - 1)
+
+
+def _decode(item: Any, index: int, uint16_bit_depth: int | None) -> torch.Tensor:
+    if isinstance(item, np.ndarray):
+        return _array_to_tensor(item, uint16_bit_depth)
+    if isinstance(item, Image.Image):
+        where = f"X[{index}]"
+        try:
+            item.load()
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"{where} is a PIL image that could not be loaded: {error}") from error
+        return _array_to_tensor(_pil_to_array(item, where), None)
+    return _read_file(item, index)
+
+
+def _array_to_tensor(array: np.ndarray, uint16_bit_depth: int | None) -> torch.Tensor:
+    """Convert a validated ``(H, W)`` or ``(H, W, C)`` array to uint8 ``(3, H, W)``."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    array = array[:, :, :3]
+    if array.dtype.kind == "f":
+        array = array.astype(np.float64 if array.itemsize == 8 else np.float32)
+        array = np.rint(array * 255).astype(np.uint8)
+    elif array.dtype.itemsize == 2:
+        if uint16_bit_depth is None:
+            uint16_bit_depth = _uint16_bit_depth(int(array.max()))
+        maximum = 2**uint16_bit_depth - 1
+        # Integer arithmetic rounds exactly; the odd divisor never leaves a tie.
+        array = ((array.astype(np.uint32) * 255 + maximum // 2) // maximum).astype(np.uint8)
+    array = np.broadcast_to(array, (*array.shape[:2], 3))
+    return torch.from_numpy(np.array(array.transpose(2, 0, 1), dtype=np.uint8, order="C"))
+
+
+def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
+    """Return a uint8, uint16 or float array ``(H, W)`` or ``(H, W, 3)`` for any PIL mode."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    if mode == "I":
+        array = np.asarray(image)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 2**16 - 1:
+            raise ValueError(
+                f"{where} is a 32-bit integer image with values in [{low}, {high}]; expected "
+                "values in [0, 65535]"
+            )
+        return array.astype(np.uint16)
+    if mode == "F":
+        array = np.asarray(image)
+        _check_float_range(float(array.min()), float(array.max()), where)
+        return array
+    try:
+        if mode == "P":
+            # Palette transparency must go through RGBA; PIL warns on a direct RGB conversion.
+            image = image.convert("RGBA")
+        return np.asarray(image.convert("RGB"))
+    except ValueError as error:
+        raise ValueError(
+            f"{where} has PIL mode {mode!r}, which could not be converted to RGB: {error}"
+        ) from error
+
+
+def _read_file(path: str | os.PathLike, index: int) -> torch.Tensor:
+    where = f"X[{index}] ({os.fspath(path)!r})"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"X[{index}]: no file at {os.fspath(path)!r}")
+    try:
+        if _is_dicom(path):
+            return _array_to_tensor(_read_dicom(path, where), None)
+        with Image.open(path) as image:
+            image.load()
+            array = _pil_to_array(image, where)
+    # PIL signals unknown formats (UnidentifiedImageError is an OSError), truncated data and
+    # broken chunks through OSError and SyntaxError.
+    except (OSError, SyntaxError) as error:
+        raise ValueError(
+            f"{where} could not be decoded ({error}); expected a readable PNG, JPEG, TIFF, BMP "
+            "or DICOM file"
+        ) from error
+    return _array_to_tensor(array, None)
+
+
+def _is_dicom(path: str | os.PathLike) -> bool:
+    if Path(path).suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    with open(path, "rb") as file:
+        header = file.read(132)
+    return header[128:132] == b"DICM"
+
+
+def _read_dicom(path: str | os.PathLike, where: str) -> np.ndarray:
+    """Return the pixels of a single-frame DICOM file as uint8 ``(H, W)`` or ``(H, W, 3)``."""
+    try:
+        import pydicom
+    except ImportError as error:
+        raise ImportError(
+            f'{where} is a DICOM file; reading it needs pydicom: pip install "sparsam[dicom]"'
+        ) from error
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.pixel_array
+    # pydicom reports broken, truncated or undecodable files through many exception types.
+    except Exception as error:
+        raise ValueError(f"{where} could not be decoded as DICOM: {error}") from error
+    n_frames = int(_dicom_number(dataset, "NumberOfFrames", 1))
+    samples_per_pixel = int(_dicom_number(dataset, "SamplesPerPixel", 1))
+    if n_frames > 1 or pixels.ndim != (2 if samples_per_pixel == 1 else 3):
+        raise ValueError(
+            f"{where} holds pixel data of shape {pixels.shape} ({n_frames} frames); expected a "
+            "single-frame image"
+        )
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    slope = _dicom_number(dataset, "RescaleSlope", 1.0)
+    intercept = _dicom_number(dataset, "RescaleIntercept", 0.0)
+    rescaled = slope != 1 or intercept != 0
+    if rescaled:
+        pixels = pixels.astype(np.float64) * slope + intercept
+    if rescaled or pixels.dtype != np.uint8:
+        pixels = pixels.astype(np.float64)
+        low, high = pixels.min(), pixels.max()
+        if high > low:
+            pixels = np.rint((pixels - low) * (255 / (high - low)))
+        else:
+            pixels = np.zeros_like(pixels)
+        pixels = pixels.astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        pixels = 255 - pixels
+    return pixels
+
+
+def _dicom_number(dataset: Any, keyword: str, default: float) -> float:
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return default
+    return float(value)

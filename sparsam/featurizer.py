@@ -1,0 +1,480 @@
+"""DinoFeaturizer: DINO self-supervised pretraining and CLS embeddings as a sklearn transformer."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from .backbones import backbone_data_config, create_backbone
+from .data import as_image_source, iter_batches, load_images
+from .dino.augment import MultiCropAugmentation, normalize
+from .dino.head import DinoHead
+from .dino.loss import DinoLoss
+from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
+
+__all__ = ["DinoFeaturizer"]
+
+
+class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Vision-transformer features learned with DINO on unlabeled images.
+
+    ``fit`` trains a timm backbone by self-distillation without labels (DINO; Caron et al.
+    2021) as in Nielsen et al., "Self-Supervision for Medical Image Classification"
+    (Bioengineering 2023); ``transform`` returns the teacher's CLS embeddings, ready for an
+    SVC, a logistic regression or kNN.
+
+    Parameters
+    ----------
+    backbone : str, default="xcit_small_12_p8_224"
+        timm model name; the default is the paper's XCiT-S12/8.
+    backbone_kwargs : dict, optional
+        Extra ``timm.create_model`` arguments, e.g. ``{"depth": 4, "embed_dim": 96,
+        "num_heads": 3, "patch_size": 4}`` for a tiny ViT.
+    pretrained : {None, "imagenet"}, default=None
+        Starting weights: random, or timm's ImageNet weights for ``backbone``.
+    epochs : int, default=100
+        Epochs of DINO training; 0 trains nothing and only loads ``pretrained``.
+    batch_size : int, default=64
+        Images per step (also per embedding batch in ``transform``).
+    image_size : int, default=224
+        Every image is resized to this square size; global crops have this size.
+    global_crops : int, default=2
+        Number of global crops (the teacher sees only these).
+    local_crops : int, default=5
+        Number of local crops (student only); 0 disables multi-crop.
+    local_crop_size : int, default=96
+        Side of the local crops.
+    global_crop_scale, local_crop_scale : tuple of float, default=(0.5, 1.0), (0.1, 0.5)
+        Range of the image area each crop covers.
+    horizontal_flip, vertical_flip : float, default=0.5
+        Flip probabilities. Cells and skin lesions have no up or down; digits, text or chest
+        X-rays do, and flips there destroy the signal: set them to 0.
+    rotation : float, default=180.0
+        Maximum rotation in degrees, drawn uniformly in [-rotation, rotation].
+    perspective : float, default=0.2
+        Distortion scale of the random perspective (0 disables it).
+    color_jitter : tuple of 4 float, default=(0.4, 0.4, 0.2, 0.1)
+        Brightness, contrast, saturation, hue, applied with probability 0.8.
+    grayscale : float, default=0.2
+        Probability of turning a crop gray.
+    blur : tuple of 3 float, default=(1.0, 0.1, 0.5)
+        Gaussian blur probability of the first global, second global and local crops.
+    solarization : float, default=0.2
+        Solarisation probability of the second global crop.
+    out_dim : int, default=65536
+        Prototypes of the DINO head. Small data sets learn better with far fewer.
+    head_hidden_dim, head_bottleneck_dim, head_layers : int, default=2048, 256, 3
+        Shape of the DINO head's MLP.
+    student_temperature : float, default=0.1
+    teacher_temperature : float, default=0.04
+        Teacher softmax temperature after warm-up (the paper warms up from 0.02 to 0.04).
+    warmup_teacher_temperature : float, default=0.04
+    warmup_teacher_temperature_epochs : int, default=0
+    teacher_momentum : float, default=0.996
+        EMA momentum of the teacher at the start; a cosine schedule takes it to 1.
+    center_momentum : float, default=0.9
+        EMA momentum of the centre of the teacher's output.
+    lr : float, default=5e-4
+        Base learning rate for a batch of 256 (scaled linearly with ``batch_size``).
+    min_lr : float, default=1e-6
+        Learning rate at the end of the cosine decay.
+    warmup_epochs : int, default=10
+        Epochs of linear learning-rate warm-up.
+    weight_decay, weight_decay_end : float, default=0.04, 0.4
+        Cosine weight-decay schedule (not on biases and normalisation layers).
+    clip_grad : float or None, default=3.0
+        Gradient-norm clipping of the student.
+    freeze_last_layer_epochs : int, default=1
+        Epochs during which the head's last layer is not trained.
+    koleo_weight : float, default=0.0
+        Weight of the KoLeo regulariser (DINOv2) that spreads the student's CLS embeddings
+        of each global crop over the sphere; it keeps small data sets from collapsing.
+    drop_path_rate : float, default=0.1
+        Stochastic depth of the student.
+    device : str, default="auto"
+        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", …
+    precision : {"auto", "fp32", "bf16"}, default="auto"
+        "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX),
+        fp32 elsewhere.
+    num_workers : int, default=0
+        DataLoader workers that decode image files.
+    checkpoint_dir : path-like, optional
+        Training writes a checkpoint there after each epoch and resumes from it.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weights, batch order and augmentations: the same value on the CPU gives
+        the same embeddings.
+    verbose : int, default=1
+        0 silences the progress bars.
+
+    Attributes
+    ----------
+    backbone_ : torch.nn.Module
+        The teacher backbone, in eval mode.
+    n_features_out_ : int
+        Width of the embeddings.
+    history_ : dict of list
+        Per-epoch ``loss``, ``teacher_entropy``, ``teacher_mean_entropy``, ``kl``, ``lr``,
+        ``weight_decay``, ``teacher_momentum``, ``teacher_temperature`` and ``seconds``;
+        empty when ``epochs=0``. A teacher entropy near ln(out_dim) means collapse.
+    data_config_ : dict
+        ``mean``, ``std``, ``image_size`` and ``interpolation`` used by ``transform``.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.svm import SVC
+    >>> from sparsam import DinoFeaturizer
+    >>> featurizer = DinoFeaturizer(
+    ...     backbone="vit_tiny_patch16_224", image_size=16, local_crop_size=8,
+    ...     backbone_kwargs={"patch_size": 4, "depth": 2}, out_dim=256, epochs=1,
+    ...     verbose=0, random_state=0)
+    >>> clf = make_pipeline(featurizer, SVC())  # clf.fit(images, labels)
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "backbone": [str],
+        "backbone_kwargs": [dict, None],
+        "pretrained": [StrOptions({"imagenet"}), None],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "image_size": [Interval(Integral, 1, None, closed="left")],
+        "global_crops": [Interval(Integral, 2, None, closed="left")],
+        "local_crops": [Interval(Integral, 0, None, closed="left")],
+        "local_crop_size": [Interval(Integral, 1, None, closed="left")],
+        "global_crop_scale": [tuple, list],
+        "local_crop_scale": [tuple, list],
+        "horizontal_flip": [Interval(Real, 0, 1, closed="both")],
+        "vertical_flip": [Interval(Real, 0, 1, closed="both")],
+        "rotation": [Interval(Real, 0, 180, closed="both")],
+        "perspective": [Interval(Real, 0, 1, closed="both")],
+        "color_jitter": [tuple, list],
+        "grayscale": [Interval(Real, 0, 1, closed="both")],
+        "blur": [tuple, list],
+        "solarization": [Interval(Real, 0, 1, closed="both")],
+        "out_dim": [Interval(Integral, 1, None, closed="left")],
+        "head_hidden_dim": [Interval(Integral, 1, None, closed="left")],
+        "head_bottleneck_dim": [Interval(Integral, 1, None, closed="left")],
+        "head_layers": [Interval(Integral, 1, None, closed="left")],
+        "student_temperature": [Interval(Real, 0, None, closed="neither")],
+        "teacher_temperature": [Interval(Real, 0, None, closed="neither")],
+        "warmup_teacher_temperature": [Interval(Real, 0, None, closed="neither")],
+        "warmup_teacher_temperature_epochs": [Interval(Integral, 0, None, closed="left")],
+        "teacher_momentum": [Interval(Real, 0, 1, closed="both")],
+        "center_momentum": [Interval(Real, 0, 1, closed="both")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "min_lr": [Interval(Real, 0, None, closed="left")],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "weight_decay_end": [Interval(Real, 0, None, closed="left")],
+        "clip_grad": [Interval(Real, 0, None, closed="neither"), None],
+        "freeze_last_layer_epochs": [Interval(Integral, 0, None, closed="left")],
+        "koleo_weight": [Interval(Real, 0, None, closed="left")],
+        "drop_path_rate": [Interval(Real, 0, 1, closed="left")],
+        "device": [str, torch.device],
+        "precision": [StrOptions({"auto", "fp32", "bf16"})],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone: str = "xcit_small_12_p8_224",
+        *,
+        backbone_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        epochs: int = 100,
+        batch_size: int = 64,
+        image_size: int = 224,
+        global_crops: int = 2,
+        local_crops: int = 5,
+        local_crop_size: int = 96,
+        global_crop_scale: tuple[float, float] = (0.5, 1.0),
+        local_crop_scale: tuple[float, float] = (0.1, 0.5),
+        horizontal_flip: float = 0.5,
+        vertical_flip: float = 0.5,
+        rotation: float = 180.0,
+        perspective: float = 0.2,
+        color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+        grayscale: float = 0.2,
+        blur: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        solarization: float = 0.2,
+        out_dim: int = 65536,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+        warmup_teacher_temperature: float = 0.04,
+        warmup_teacher_temperature_epochs: int = 0,
+        teacher_momentum: float = 0.996,
+        center_momentum: float = 0.9,
+        lr: float = 5e-4,
+        min_lr: float = 1e-6,
+        warmup_epochs: int = 10,
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.4,
+        clip_grad: float | None = 3.0,
+        freeze_last_layer_epochs: int = 1,
+        koleo_weight: float = 0.0,
+        drop_path_rate: float = 0.1,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        num_workers: int = 0,
+        checkpoint_dir: str | os.PathLike | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 1,
+    ) -> None:
+        self.backbone = backbone
+        self.backbone_kwargs = backbone_kwargs
+        self.pretrained = pretrained
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.global_crops = global_crops
+        self.local_crops = local_crops
+        self.local_crop_size = local_crop_size
+        self.global_crop_scale = global_crop_scale
+        self.local_crop_scale = local_crop_scale
+        self.horizontal_flip = horizontal_flip
+        self.vertical_flip = vertical_flip
+        self.rotation = rotation
+        self.perspective = perspective
+        self.color_jitter = color_jitter
+        self.grayscale = grayscale
+        self.blur = blur
+        self.solarization = solarization
+        self.out_dim = out_dim
+        self.head_hidden_dim = head_hidden_dim
+        self.head_bottleneck_dim = head_bottleneck_dim
+        self.head_layers = head_layers
+        self.student_temperature = student_temperature
+        self.teacher_temperature = teacher_temperature
+        self.warmup_teacher_temperature = warmup_teacher_temperature
+        self.warmup_teacher_temperature_epochs = warmup_teacher_temperature_epochs
+        self.teacher_momentum = teacher_momentum
+        self.center_momentum = center_momentum
+        self.lr = lr
+        self.min_lr = min_lr
+        self.warmup_epochs = warmup_epochs
+        self.weight_decay = weight_decay
+        self.weight_decay_end = weight_decay_end
+        self.clip_grad = clip_grad
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        self.koleo_weight = koleo_weight
+        self.drop_path_rate = drop_path_rate
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.checkpoint_dir = checkpoint_dir
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X: Any, y: Any = None) -> DinoFeaturizer:
+        """Train the backbone with DINO on ``X``; labels are ignored.
+
+        Parameters
+        ----------
+        X : array of shape (n, H, W) or (n, H, W, C), list of arrays, PIL images or paths
+            The images: uint8, uint16 or float in [0, 1]; grayscale, RGB or RGBA.
+        y : ignored
+            Accepted for pipelines; ``-1`` (unlabeled) entries are fine.
+
+        Returns
+        -------
+        self : DinoFeaturizer
+        """
+        self._validate_params()
+        self._validate_tuples()
+        source = as_image_source(X)
+        device = self._resolve_device()
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = create_backbone(
+                self.backbone,
+                image_size=self.image_size,
+                pretrained=self.pretrained,
+                backbone_kwargs=self.backbone_kwargs,
+                drop_path_rate=self.drop_path_rate,
+            )
+            head = DinoHead(
+                backbone.num_features,
+                out_dim=self.out_dim,
+                hidden_dim=self.head_hidden_dim,
+                bottleneck_dim=self.head_bottleneck_dim,
+                n_layers=self.head_layers,
+            )
+        self.data_config_ = backbone_data_config(backbone, self.image_size)
+        self.history_: dict[str, list[float]] = {}
+        if self.epochs == 0:
+            if self.pretrained is None:
+                warnings.warn(
+                    "epochs=0 with pretrained=None: the backbone keeps its random weights, and "
+                    "untrained features are weak. Train (epochs > 0) or load pretrained weights.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            teacher = backbone
+        else:
+            images = load_images(source, self.image_size, self.batch_size, self.num_workers)
+            trainer = DinoTrainer(
+                backbone,
+                head,
+                self._augmentation(),
+                DinoLoss(self.out_dim, self.student_temperature, self.center_momentum),
+                self._training_config(),
+                device,
+                resolve_precision(self.precision, device),
+                self.checkpoint_dir,
+            )
+            generator = torch.Generator().manual_seed(seed)
+            with tqdm(
+                total=self.epochs, desc="DINO", unit="epoch", disable=not self.verbose
+            ) as bar:
+
+                def progress(epoch: int, row: dict[str, float]) -> None:
+                    bar.n = epoch + 1
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.3f}", entropy=f"{row['teacher_entropy']:.2f}"
+                    )
+
+                self.history_ = trainer.fit(images, generator, progress)
+            teacher = trainer.teacher.backbone
+        self.backbone_ = teacher.eval().requires_grad_(False)
+        self.n_features_out_ = int(self.backbone_.num_features)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """CLS embeddings of the teacher backbone.
+
+        Parameters
+        ----------
+        X : array of shape (n, H, W) or (n, H, W, C), list of arrays, PIL images or paths
+            The images, in any form ``fit`` accepts.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n, n_features_out_), float32
+        """
+        check_is_fitted(self, "backbone_")
+        source = as_image_source(X)
+        device = self._resolve_device()
+        backbone = self.backbone_.to(device)
+        autocast_dtype = resolve_precision(self.precision, device)
+        config = self.data_config_
+        batches = iter_batches(source, config["image_size"], self.batch_size, self.num_workers)
+        embeddings = []
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ),
+        ):
+            for batch in tqdm(
+                batches,
+                total=math.ceil(len(source) / self.batch_size),
+                desc="embedding",
+                unit="batch",
+                disable=not self.verbose,
+            ):
+                images = normalize(batch.to(device), config["mean"], config["std"])
+                embeddings.append(backbone(images).float().cpu())
+        return torch.cat(embeddings).numpy()
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.n_features_out_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def __getstate__(self) -> dict[str, Any]:
+        # On Python >= 3.11 the inherited state is self.__dict__ itself, and Module.to moves
+        # in place: copy both, so that pickling leaves the fitted model where it is.
+        state = dict(super().__getstate__())
+        if "backbone_" in state:
+            # A model fitted on a GPU must unpickle on a machine without one.
+            state["backbone_"] = copy.deepcopy(state["backbone_"]).to("cpu")
+        return state
+
+    def _resolve_device(self) -> torch.device:
+        if str(self.device) == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but CUDA is not available here.")
+        return device
+
+    def _validate_tuples(self) -> None:
+        for name in ("global_crop_scale", "local_crop_scale"):
+            value = getattr(self, name)
+            if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+                raise ValueError(
+                    f"{name} must be (low, high) with 0 < low <= high <= 1, got {value!r}."
+                )
+        checks = {"color_jitter": 4, "blur": 3}
+        for name, length in checks.items():
+            value = getattr(self, name)
+            if len(value) != length or any(not 0 <= float(v) for v in value):
+                raise ValueError(f"{name} must be {length} non-negative numbers, got {value!r}.")
+        if any(float(v) > 1 for v in self.blur):
+            raise ValueError(f"blur holds probabilities in [0, 1], got {self.blur!r}.")
+
+    def _augmentation(self) -> MultiCropAugmentation:
+        return MultiCropAugmentation(
+            global_crops=self.global_crops,
+            local_crops=self.local_crops,
+            global_crop_size=self.image_size,
+            local_crop_size=self.local_crop_size,
+            global_crop_scale=tuple(self.global_crop_scale),
+            local_crop_scale=tuple(self.local_crop_scale),
+            horizontal_flip=self.horizontal_flip,
+            vertical_flip=self.vertical_flip,
+            rotation=self.rotation,
+            perspective=self.perspective,
+            color_jitter=tuple(self.color_jitter),
+            grayscale_p=self.grayscale,
+            blur_p=tuple(self.blur),
+            solarization_p=self.solarization,
+            mean=self.data_config_["mean"],
+            std=self.data_config_["std"],
+        )
+
+    def _training_config(self) -> TrainingConfig:
+        return TrainingConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            min_lr=self.min_lr,
+            warmup_epochs=self.warmup_epochs,
+            weight_decay=self.weight_decay,
+            weight_decay_end=self.weight_decay_end,
+            teacher_momentum=self.teacher_momentum,
+            teacher_temperature=self.teacher_temperature,
+            warmup_teacher_temperature=self.warmup_teacher_temperature,
+            warmup_teacher_temperature_epochs=self.warmup_teacher_temperature_epochs,
+            clip_grad=self.clip_grad,
+            freeze_last_layer_epochs=self.freeze_last_layer_epochs,
+            koleo_weight=self.koleo_weight,
+        )
