@@ -24,7 +24,7 @@ DIGITS_RECIPE: dict[str, Any] = {
     "local_crop_size": 8,
     "local_crops": 6,
     "batch_size": 64,
-    "epochs": 70,
+    "epochs": 60,
     "global_crop_scale": (0.4, 1.0),
     "local_crop_scale": (0.1, 0.4),
     # Digits have an up and a down: flips and large rotations would destroy the label.
@@ -35,6 +35,7 @@ DIGITS_RECIPE: dict[str, Any] = {
     "out_dim": 256,
     "head_hidden_dim": 512,
     "head_bottleneck_dim": 64,
+    "koleo_weight": 0.1,
     "lr": 2e-3,
     "warmup_epochs": 10,
     "teacher_momentum": 0.99,

@@ -284,3 +284,15 @@ def test_koleo_weight_adds_a_koleo_row_to_the_history():
     trainer = tiny_trainer(koleo_weight=0.1, epochs=1)
     history = trainer.fit(tiny_images(), torch.Generator().manual_seed(0))
     assert len(history["koleo"]) == 1
+
+
+def test_resuming_with_other_augmentation_settings_names_them(tmp_path):
+    images, generator = tiny_images(), torch.Generator().manual_seed(0)
+    first = tiny_trainer(epochs=1)
+    first.checkpoint_dir = tmp_path
+    first.fit(images, generator)
+    second = tiny_trainer(epochs=1)
+    second.checkpoint_dir = tmp_path
+    second.augmentation.rotation = 30.0
+    with pytest.raises(ValueError, match=r"dino_checkpoint\.pt.*augmentation"):
+        second.fit(images, torch.Generator().manual_seed(0))

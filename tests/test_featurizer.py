@@ -32,6 +32,7 @@ HISTORY_KEYS = {
     "teacher_momentum",
     "teacher_temperature",
     "seconds",
+    "koleo",
 }
 
 

@@ -266,9 +266,9 @@ class DinoTrainer:
         if entropy > 0.95 * self.loss.max_entropy:
             warnings.warn(
                 f"DINO looks collapsed to uniform outputs: teacher entropy {entropy:.3f} is "
-                f"close to ln(out_dim) = {self.loss.max_entropy:.3f}. Try a lower "
-                "teacher_temperature, a smaller out_dim, a lower teacher_momentum or more "
-                "steps, and judge the features by few-shot accuracy.",
+                f"close to ln(out_dim) = {self.loss.max_entropy:.3f}. Try koleo_weight > 0, a "
+                "lower teacher_temperature or a smaller out_dim, and judge the features by "
+                "few-shot accuracy rather than by the loss.",
                 CollapseWarning,
                 stacklevel=3,
             )
@@ -276,8 +276,8 @@ class DinoTrainer:
             warnings.warn(
                 f"DINO looks collapsed to one prototype: the batch-averaged teacher "
                 f"distribution has entropy {mean_entropy:.3f} nats (every image gets the same "
-                "output). Try a higher center_momentum effect (more steps), a lower lr or a "
-                "higher teacher_temperature.",
+                "output). Try a lower lr, a higher teacher_temperature, a lower center_momentum "
+                "(a faster centre) or koleo_weight > 0.",
                 CollapseWarning,
                 stacklevel=3,
             )
@@ -290,9 +290,17 @@ class DinoTrainer:
             "optimizer": self.optimizer.state_dict(),
             "center": self.loss.center,
             "generator": generator.get_state(),
-            "config": asdict(self.config),
+            "config": self._settings(),
             "history": self.history,
         }
+
+    def _settings(self) -> dict:
+        """What a checkpoint must agree on to be resumed: optimisation and augmentation."""
+        augmentation = {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in asdict(self.augmentation).items()
+        }
+        return {**asdict(self.config), "augmentation": augmentation}
 
     def _save_checkpoint(self, epoch: int, generator: torch.Generator) -> None:
         if self.checkpoint_dir is None:
@@ -315,10 +323,16 @@ class DinoTrainer:
         if not path.exists():
             return 0
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["config"] != asdict(self.config):
+        settings = self._settings()
+        if state["config"] != settings:
+            differing = sorted(
+                name
+                for name in settings.keys() | state["config"].keys()
+                if settings.get(name) != state["config"].get(name)
+            )
             raise ValueError(
                 f"Checkpoint {path} was written with different training settings "
-                f"({state['config']}); use another checkpoint_dir or delete the file."
+                f"({', '.join(differing)}); use another checkpoint_dir or delete the file."
             )
         try:
             self.student.load_state_dict(state["student"])

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One short GPU session: the GPU tests, the suite with device="auto" landing on CUDA, the
+# training speed and the few-shot table on CUDA. Logs go to $1 (default ./gpu-results).
+# Run from the repository root on a machine with CUDA, torch, timm and scikit-learn.
+set -uo pipefail
+out=${1:-gpu-results}
+mkdir -p "$out"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+python3 - <<'PY' 2>&1 | tee "$out/device.txt"
+import torch, timm, sklearn
+print(torch.cuda.get_device_name(0), "torch", torch.__version__, "timm", timm.__version__,
+      "sklearn", sklearn.__version__)
+PY
+python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
+python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/test_dino.py tests/test_featurizer.py tests/test_augment.py 2>&1 | tail -15 | tee "$out/suite_on_cuda.txt"
+{
+  python3 benchmarks/speed.py --device cuda --epochs 4
+  python3 benchmarks/speed.py --device cuda --epochs 4 --batch 256
+  python3 benchmarks/speed.py --device cuda --epochs 3 --img 64 --patch 8 --batch 256
+} 2>&1 | grep -v Warning | tee "$out/speed.txt"
+python3 benchmarks/fewshot_digits.py 2>&1 | grep -v Warning | tee "$out/fewshot_cuda.txt"
