@@ -68,14 +68,24 @@ def few_shot_scores(
 
 
 def format_few_shot_table(rows: dict[str, dict[int, np.ndarray]]) -> str:
-    """A plain-text table: one row per method, mean ± std per labels-per-class column."""
+    """A plain-text table: one row per method, mean ± std per labels-per-class column.
+
+    A method with a single score per column (a mean reported without its draws) shows the
+    mean alone; a missing column shows ``-``.
+    """
     columns = sorted({n for scores in rows.values() for n in scores})
     width = max(len(name) for name in rows) + 2
     header = "method".ljust(width) + "".join(f"N={n}".rjust(15) for n in columns)
     lines = [header, "-" * len(header)]
     for name, scores in rows.items():
-        cells = "".join(
-            f"{scores[n].mean():.3f} ± {scores[n].std():.3f}".rjust(15) for n in columns
-        )
+        cells = "".join(_cell(scores.get(n)).rjust(15) for n in columns)
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)
+
+
+def _cell(scores: np.ndarray | None) -> str:
+    if scores is None or len(scores) == 0:
+        return "-"
+    if len(scores) == 1:  # a mean reported by someone else, without its draws
+        return f"{scores[0]:.3f}"
+    return f"{scores.mean():.3f} ± {scores.std():.3f}"

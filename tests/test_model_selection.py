@@ -46,3 +46,9 @@ def test_table_has_a_row_per_method_and_a_column_per_n(separable):
     assert "N=1" in lines[0] and "N=5" in lines[0]
     assert lines[2].startswith("a ") and lines[3].startswith("bb")
     assert "1.000 ± 0.000" in lines[2]
+
+
+def test_table_shows_a_lone_mean_without_a_spread():
+    table = format_few_shot_table({"peer": {10: np.array([0.5])}, "x": {10: np.array([1.0, 0.0])}})
+    assert table.splitlines()[2].rstrip().endswith(" 0.500")
+    assert "0.500 ± 0.500" in table.splitlines()[3]
