@@ -17,15 +17,12 @@ import json
 import re
 import subprocess
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from sparsam import DinoFeaturizer
-from sparsam.cli import DIGITS_RECIPE, load_digits_images
-from sparsam.model_selection import few_shot_scores, format_few_shot_table
+from sparsam.cli import DIGITS_RECIPE, compare_on_digits, load_digits_images
+from sparsam.model_selection import format_few_shot_table
 
 DEFAULT_PEER = Path(__file__).resolve().parents[1].parent / "shared/bench/lightly_dino_ref.py"
 
@@ -67,22 +64,11 @@ def main() -> None:
     parser.add_argument("--lightly", type=Path, default=DEFAULT_PEER, help="peer script")
     args = parser.parse_args()
 
-    images, labels = load_digits_images()
     params = {**DIGITS_RECIPE, "random_state": args.seed, "verbose": 0}
     if args.epochs is not None:
         params["epochs"] = args.epochs
-    started = time.perf_counter()
-    trained = DinoFeaturizer(**params).fit(images)
-    minutes = (time.perf_counter() - started) / 60
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        untrained = DinoFeaturizer(**{**params, "epochs": 0}).fit(images)
-    rows = {
-        "sparsam DINO + SVC": few_shot_scores(trained.transform(images), labels),
-        "sparsam: untrained + SVC": few_shot_scores(untrained.transform(images), labels),
-        "raw pixels + SVC": few_shot_scores(images.reshape(len(images), -1), labels),
-    }
-    steps = params["epochs"] * (len(images) // params["batch_size"])
+    rows, trained, minutes = compare_on_digits(params)
+    steps = params["epochs"] * (len(load_digits_images()[1]) // params["batch_size"])
     print(f"sparsam: {params['epochs']} epochs = {steps} steps in {minutes:.1f} min")
     if args.lightly.exists():
         rows.update(run_lightly(args.lightly, minutes))
@@ -90,11 +76,11 @@ def main() -> None:
         print(f"peer not run: {args.lightly} not found")
     print("\nBalanced accuracy, mean ± std over 5 draws, N labeled images per class:\n")
     print(format_few_shot_table(rows))
-    gain = rows["sparsam DINO + SVC"][10].mean() - rows["sparsam: untrained + SVC"][10].mean()
+    gain = rows["DINO features + SVC"][10].mean() - rows["untrained backbone + SVC"][10].mean()
     print(f"\nN=10: DINO - untrained = {gain:+.3f}")
     if "lightly DINO + SVC" in rows:
         peer = rows["lightly DINO + SVC"][10].mean()
-        print(f"N=10: sparsam - lightly = {rows['sparsam DINO + SVC'][10].mean() - peer:+.3f}")
+        print(f"N=10: sparsam - lightly = {rows['DINO features + SVC'][10].mean() - peer:+.3f}")
     history = trained.history_
     print("\nsparsam training curve (every 5th epoch):")
     columns = ("loss", "teacher_entropy", "teacher_mean_entropy", "kl")

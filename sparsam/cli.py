@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DIGITS_RECIPE", "main", "run_demo"]
+__all__ = ["DIGITS_RECIPE", "compare_on_digits", "load_digits_images", "main", "run_demo"]
 
 # The small-data recipe found on digits; benchmarks/RESULTS.md has the measurements behind
 # each choice and docs/small_data_recipe.md explains them.
@@ -52,23 +52,29 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
     return (digits.images / 16.0).astype(np.float32), digits.target
 
 
-def run_demo(
-    epochs: int | None = None, random_state: int = 0, verbose: int = 1
-) -> dict[str, dict[int, np.ndarray]]:
-    """Pretrain on digits with DINO and compare few-shot accuracy with two baselines.
+def compare_on_digits(
+    params: dict[str, Any],
+) -> tuple[dict[str, dict[int, np.ndarray]], Any, float]:
+    """Few-shot scores on digits of DINO features, the untrained backbone and raw pixels.
+
+    Parameters
+    ----------
+    params : dict
+        ``DinoFeaturizer`` parameters, e.g. ``DIGITS_RECIPE`` plus ``random_state``.
 
     Returns
     -------
     rows : dict
         Method name to ``{labels per class: balanced accuracy per draw}``.
+    trained : DinoFeaturizer
+        The fitted featurizer (its ``history_`` holds the training curve).
+    minutes : float
+        Wall-clock minutes of DINO training.
     """
     from .featurizer import DinoFeaturizer
-    from .model_selection import few_shot_scores, format_few_shot_table
+    from .model_selection import few_shot_scores
 
     images, labels = load_digits_images()
-    params = {**DIGITS_RECIPE, "random_state": random_state, "verbose": verbose}
-    if epochs is not None:
-        params["epochs"] = epochs
     started = time.perf_counter()
     trained = DinoFeaturizer(**params).fit(images)
     minutes = (time.perf_counter() - started) / 60
@@ -80,6 +86,25 @@ def run_demo(
         "untrained backbone + SVC": few_shot_scores(untrained.transform(images), labels),
         "raw pixels + SVC": few_shot_scores(images.reshape(len(images), -1), labels),
     }
+    return rows, trained, minutes
+
+
+def run_demo(
+    epochs: int | None = None, random_state: int = 0, verbose: int = 1
+) -> dict[str, dict[int, np.ndarray]]:
+    """Pretrain on digits with DINO and print few-shot accuracy against two baselines.
+
+    Returns
+    -------
+    rows : dict
+        Method name to ``{labels per class: balanced accuracy per draw}``.
+    """
+    from .model_selection import format_few_shot_table
+
+    params = {**DIGITS_RECIPE, "random_state": random_state, "verbose": verbose}
+    if epochs is not None:
+        params["epochs"] = epochs
+    rows, trained, minutes = compare_on_digits(params)
     history = trained.history_
     print(
         f"\nDINO on digits: {params['epochs']} epochs in {minutes:.1f} min; final loss "
