@@ -6,6 +6,7 @@ Packages the method of Nielsen et al., "Self-Supervision for Medical Image Class
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .backbones import load_backbone, push_backbone, save_backbone
 from .featurizer import DinoFeaturizer
 
 try:
@@ -13,4 +14,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["DinoFeaturizer", "__version__"]
+__all__ = [
+    "DinoFeaturizer",
+    "__version__",
+    "load_backbone",
+    "push_backbone",
+    "save_backbone",
+]

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .backbones import PRETRAINED_BACKBONES, convert_checkpoint, push_backbone
+
 __all__ = ["DIGITS_RECIPE", "compare_on_digits", "load_digits_images", "main", "run_demo"]
 
 # The small-data recipe found on digits; benchmarks/RESULTS.md has the measurements behind
@@ -127,10 +129,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     demo.add_argument("--seed", type=int, default=0, help="random_state of the featurizer")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    convert = commands.add_parser(
+        "convert",
+        help="convert one of the paper's original .pt checkpoints to timm's Hub format",
+        description=(
+            "Convert a checkpoint of Nielsen et al. 2023 (pretrained_bm.pt, pretrained_endo.pt, "
+            "pretrained_isic.pt; Zenodo record 10391339) to a directory with config.json, "
+            "model.safetensors and a model card, loadable with sparsam.load_backbone and "
+            "timm.create_model('local-dir:OUTDIR', pretrained=True)."
+        ),
+    )
+    convert.add_argument("checkpoint", help="the original .pt file (read with weights_only=True)")
+    convert.add_argument("outdir", help="output directory (replaced if it holds a saved model)")
+    convert.add_argument(
+        "--name",
+        choices=sorted(PRETRAINED_BACKBONES),
+        default=None,
+        help="which of the paper's backbones it is (names its training data in the card)",
+    )
+    convert.add_argument(
+        "--architecture",
+        default="xcit_small_12_p8_224",
+        help="timm model name (default: the paper's xcit_small_12_p8_224)",
+    )
+    convert.add_argument(
+        "--image-size", type=int, default=256, help="training image size (default: 256)"
+    )
+    push = commands.add_parser(
+        "push",
+        help="upload a saved backbone (config.json + model.safetensors) to the Hugging Face Hub",
+    )
+    push.add_argument("directory", help="written by save_backbone or sparsam convert")
+    push.add_argument("repo_id", help="Hub repository, org/name (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
+    push.add_argument(
+        "--token",
+        default=None,
+        help="Hub token with write access (default: HF_TOKEN or the `hf auth login` token)",
+    )
+    push.add_argument("--message", default=None, help="commit message")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         run_demo(epochs=args.epochs, random_state=args.seed, verbose=0 if args.quiet else 1)
+    elif args.command == "convert":
+        try:
+            path = convert_checkpoint(
+                args.checkpoint,
+                args.outdir,
+                name=args.name,
+                architecture=args.architecture,
+                image_size=args.image_size,
+            )
+        except (ValueError, OSError) as error:
+            print(f"sparsam convert: error: {error}", file=sys.stderr)
+            return 1
+        print(f"Converted {args.checkpoint} to {path}")
+    elif args.command == "push":
+        options = {"commit_message": args.message} if args.message else {}
+        try:
+            url = push_backbone(
+                args.directory,
+                args.repo_id,
+                private=args.private,
+                token=args.token,
+                revision=args.revision,
+                **options,
+            )
+        except (ValueError, OSError) as error:
+            print(f"sparsam push: error: {error}", file=sys.stderr)
+            return 1
+        print(f"Pushed {args.directory} to {args.repo_id}: {url}")
     return 0
 
 

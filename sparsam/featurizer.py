@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from .backbones import backbone_data_config, create_backbone
+from .backbones import backbone_data_config, create_backbone, load_backbone
 from .data import as_image_source, iter_batches, load_images
 from .dino.augment import MultiCropAugmentation, normalize
 from .dino.head import DinoHead
@@ -38,12 +38,19 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     Parameters
     ----------
     backbone : str, default="xcit_small_12_p8_224"
-        timm model name; the default is the paper's XCiT-S12/8.
+        timm model name; the default is the paper's XCiT-S12/8. Ignored (with
+        ``backbone_kwargs``) when ``pretrained`` names saved weights, whose ``config.json``
+        defines the architecture.
     backbone_kwargs : dict, optional
         Extra ``timm.create_model`` arguments, e.g. ``{"depth": 4, "embed_dim": 96,
         "num_heads": 3, "patch_size": 4}`` for a tiny ViT.
-    pretrained : {None, "imagenet"}, default=None
-        Starting weights: random, or timm's ImageNet weights for ``backbone``.
+    pretrained : str, path-like or None, default=None
+        Starting weights: None (random); "imagenet" (timm's weights for ``backbone``);
+        "bm", "endo" or "isic" (the paper's bone marrow, endoscopy and dermoscopy
+        backbones); "hf-hub:org/name[@revision]" (a Hugging Face Hub repository in timm's
+        format); or a local directory written by ``save_backbone``. All but None and
+        "imagenet" are read by ``sparsam.load_backbone`` (safetensors only; honours
+        ``HF_HOME`` and ``HF_HUB_OFFLINE``).
     epochs : int, default=100
         Epochs of DINO training; 0 trains nothing and only loads ``pretrained``.
     batch_size : int, default=64
@@ -101,6 +108,10 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Gradient-norm clipping of the student.
     freeze_last_layer_epochs : int, default=1
         Epochs during which the head's last layer is not trained.
+    head_warmup_epochs : int or "auto", default="auto"
+        Epochs during which the backbone stays frozen and only the new DINO head trains,
+        so that a fresh head does not damage pretrained features. "auto": 0 without
+        ``pretrained`` weights, otherwise a tenth of ``epochs`` (at least 1).
     koleo_weight : float, default=0.1
         Weight of the KoLeo regulariser (DINOv2, same weight) that spreads the student's CLS
         embeddings of each global crop over the sphere. On digits it raised balanced accuracy
@@ -152,7 +163,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "backbone": [str],
         "backbone_kwargs": [dict, None],
-        "pretrained": [StrOptions({"imagenet"}), None],
+        "pretrained": [str, os.PathLike, None],
         "epochs": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "image_size": [Interval(Integral, 1, None, closed="left")],
@@ -186,6 +197,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "weight_decay_end": [Interval(Real, 0, None, closed="left")],
         "clip_grad": [Interval(Real, 0, None, closed="neither"), None],
         "freeze_last_layer_epochs": [Interval(Integral, 0, None, closed="left")],
+        "head_warmup_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "koleo_weight": [Interval(Real, 0, None, closed="left")],
         "drop_path_rate": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
@@ -201,7 +213,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         backbone: str = "xcit_small_12_p8_224",
         *,
         backbone_kwargs: dict[str, Any] | None = None,
-        pretrained: str | None = None,
+        pretrained: str | os.PathLike | None = None,
         epochs: int = 100,
         batch_size: int = 64,
         image_size: int = 224,
@@ -235,6 +247,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         weight_decay_end: float = 0.4,
         clip_grad: float | None = 3.0,
         freeze_last_layer_epochs: int = 1,
+        head_warmup_epochs: int | str = "auto",
         koleo_weight: float = 0.1,
         drop_path_rate: float = 0.1,
         device: str | torch.device = "auto",
@@ -280,6 +293,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.weight_decay_end = weight_decay_end
         self.clip_grad = clip_grad
         self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        self.head_warmup_epochs = head_warmup_epochs
         self.koleo_weight = koleo_weight
         self.drop_path_rate = drop_path_rate
         self.device = device
@@ -310,13 +324,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            backbone = create_backbone(
-                self.backbone,
-                image_size=self.image_size,
-                pretrained=self.pretrained,
-                backbone_kwargs=self.backbone_kwargs,
-                drop_path_rate=self.drop_path_rate,
-            )
+            backbone = self._create_backbone()
             head = DinoHead(
                 backbone.num_features,
                 out_dim=self.out_dim,
@@ -424,6 +432,19 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             state["backbone_"] = copy.deepcopy(state["backbone_"]).to("cpu")
         return state
 
+    def _create_backbone(self) -> torch.nn.Module:
+        if self.pretrained is None or self.pretrained == "imagenet":
+            return create_backbone(
+                self.backbone,
+                image_size=self.image_size,
+                pretrained=self.pretrained,
+                backbone_kwargs=self.backbone_kwargs,
+                drop_path_rate=self.drop_path_rate,
+            )
+        return load_backbone(
+            self.pretrained, image_size=self.image_size, drop_path_rate=self.drop_path_rate
+        )
+
     def _resolve_device(self) -> torch.device:
         if str(self.device) == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -483,4 +504,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             clip_grad=self.clip_grad,
             freeze_last_layer_epochs=self.freeze_last_layer_epochs,
             koleo_weight=self.koleo_weight,
+            head_warmup_epochs=self._resolved_head_warmup_epochs(),
         )
+
+    def _resolved_head_warmup_epochs(self) -> int:
+        if self.head_warmup_epochs != "auto":
+            return int(self.head_warmup_epochs)
+        if self.pretrained is None:
+            return 0
+        return max(1, round(0.1 * self.epochs))

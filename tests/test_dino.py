@@ -296,3 +296,24 @@ def test_resuming_with_other_augmentation_settings_names_them(tmp_path):
     second.augmentation.rotation = 30.0
     with pytest.raises(ValueError, match=r"dino_checkpoint\.pt.*augmentation"):
         second.fit(images, torch.Generator().manual_seed(0))
+
+
+def test_backbone_stays_frozen_while_the_head_warms_up():
+    trainer = tiny_trainer(head_warmup_epochs=2)
+    backbone_before = parameters(trainer.student.backbone)
+    head_before = parameters(trainer.student.head.mlp)
+    trainer.train_step(tiny_images(), torch.Generator().manual_seed(0), 1, SCHEDULE_VALUES)
+    backbone_after = parameters(trainer.student.backbone)
+    assert all(torch.equal(backbone_after[n], backbone_before[n]) for n in backbone_before)
+    assert any(
+        not torch.equal(p.detach(), head_before[n])
+        for n, p in trainer.student.head.mlp.named_parameters()
+    )
+
+
+def test_backbone_trains_after_the_head_warmup():
+    trainer = tiny_trainer(head_warmup_epochs=2)
+    before = parameters(trainer.student.backbone)
+    trainer.train_step(tiny_images(), torch.Generator().manual_seed(0), 2, SCHEDULE_VALUES)
+    after = parameters(trainer.student.backbone)
+    assert any(not torch.equal(after[name], before[name]) for name in before)

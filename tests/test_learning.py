@@ -1,10 +1,11 @@
-"""DINO really learns: features beat the untrained backbone on real images (digits)."""
+"""DINO really learns: features beat the untrained backbone on real images (digits), and
+continuing DINO from saved weights does not damage them."""
 
 import warnings
 
 import pytest
 
-from sparsam import DinoFeaturizer
+from sparsam import DinoFeaturizer, save_backbone
 from sparsam.cli import DIGITS_RECIPE, load_digits_images
 from sparsam.model_selection import few_shot_scores
 
@@ -14,18 +15,59 @@ from sparsam.model_selection import few_shot_scores
 # draws (about 0.02).
 EPOCHS = 20
 MIN_GAIN = 0.10
+# Continued DINO from those weights: a short run whose first epochs train only the new head.
+CONTINUED_EPOCHS = 6
+TOLERANCE = 0.03
+
+
+def accuracy_at_10(featurizer, images, labels):
+    return few_shot_scores(featurizer.transform(images), labels, n_per_class=(10,))[10].mean()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_images()
+
+
+@pytest.fixture(scope="module")
+def pretrained_on_digits(digits):
+    images, _ = digits
+    params = {**DIGITS_RECIPE, "epochs": EPOCHS, "random_state": 0, "verbose": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a short run may end near collapse
+        return DinoFeaturizer(**params).fit(images)
 
 
 @pytest.mark.slow
-def test_dino_features_beat_the_untrained_backbone_at_10_labels_per_class():
-    images, labels = load_digits_images()
-    params = {**DIGITS_RECIPE, "epochs": EPOCHS, "random_state": 0, "verbose": 0}
-    trained = DinoFeaturizer(**params).fit(images)
+def test_dino_features_beat_the_untrained_backbone_at_10_labels_per_class(
+    digits, pretrained_on_digits
+):
+    images, labels = digits
+    params = {**DIGITS_RECIPE, "epochs": 0, "random_state": 0, "verbose": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        untrained = DinoFeaturizer(**{**params, "epochs": 0}).fit(images)
+        untrained = DinoFeaturizer(**params).fit(images)
 
-    dino = few_shot_scores(trained.transform(images), labels, n_per_class=(10,))[10]
-    baseline = few_shot_scores(untrained.transform(images), labels, n_per_class=(10,))[10]
+    dino = accuracy_at_10(pretrained_on_digits, images, labels)
+    baseline = accuracy_at_10(untrained, images, labels)
 
-    assert dino.mean() - baseline.mean() >= MIN_GAIN, (dino.mean(), baseline.mean())
+    assert dino - baseline >= MIN_GAIN, (dino, baseline)
+
+
+@pytest.mark.slow
+def test_continuing_dino_from_saved_weights_keeps_their_accuracy(
+    digits, pretrained_on_digits, tmp_path_factory
+):
+    images, labels = digits
+    directory = save_backbone(pretrained_on_digits, tmp_path_factory.mktemp("hub") / "digits")
+    params = {**DIGITS_RECIPE, "pretrained": directory, "random_state": 1, "verbose": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        frozen = DinoFeaturizer(**{**params, "epochs": 0}).fit(images)
+        continued = DinoFeaturizer(**{**params, "epochs": CONTINUED_EPOCHS}).fit(images)
+
+    start = accuracy_at_10(frozen, images, labels)
+    after = accuracy_at_10(continued, images, labels)
+
+    assert continued.history_["lr"] and len(continued.history_["lr"]) == CONTINUED_EPOCHS
+    assert after >= start - TOLERANCE, (after, start)

@@ -55,6 +55,7 @@ class TrainingConfig:
     clip_grad: float | None = 3.0
     freeze_last_layer_epochs: int = 1
     koleo_weight: float = 0.0
+    head_warmup_epochs: int = 0
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -215,6 +216,9 @@ class DinoTrainer:
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = values["lr"]
             group["weight_decay"] = values["weight_decay"] if i == 0 else 0.0
+        # A fresh head at full learning rate damages pretrained features (a common complaint
+        # in DINO's issue tracker): the backbone stays frozen while the new head warms up.
+        self.student.backbone.requires_grad_(epoch >= self.config.head_warmup_epochs)
         crops = self.augmentation(images, generator)
         n_global = self.augmentation.global_crops
         with self._autocast():
