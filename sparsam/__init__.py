@@ -6,8 +6,10 @@ Packages the method of Nielsen et al., "Self-Supervision for Medical Image Class
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import datasets
 from .backbones import load_backbone, push_backbone, save_backbone
 from .featurizer import DinoFeaturizer
+from .model_selection import FewShotSplit, few_shot_curve
 
 try:
     __version__ = version("sparsam")
@@ -16,7 +18,10 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "DinoFeaturizer",
+    "FewShotSplit",
     "__version__",
+    "datasets",
+    "few_shot_curve",
     "load_backbone",
     "push_backbone",
     "save_backbone",

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .backbones import PRETRAINED_BACKBONES, convert_checkpoint, push_backbone
 
-__all__ = ["DIGITS_RECIPE", "compare_on_digits", "load_digits_images", "main", "run_demo"]
+__all__ = [
+    "DIGITS_RECIPE",
+    "EVALUATE_DATASETS",
+    "compare_on_digits",
+    "load_digits_images",
+    "load_evaluation_dataset",
+    "main",
+    "run_demo",
+    "run_evaluate",
+]
 
 # The small-data recipe found on digits; benchmarks/RESULTS.md has the measurements behind
 # each choice and docs/small_data_recipe.md explains them.
@@ -118,6 +129,189 @@ def run_demo(
     return rows
 
 
+EVALUATE_DATASETS = (
+    "demo",
+    "image-folder",
+    "bone-marrow",
+    "hyperkvasir",
+    "isic2019",
+    "isic2020",
+    "medmnist",
+)
+
+
+def load_evaluation_dataset(
+    dataset: str, root: str | os.PathLike[str] | None = None
+) -> tuple[Any, np.ndarray, list[str]]:
+    """``(images, labels, class_names)`` of one of ``EVALUATE_DATASETS`` via sparsam.datasets."""
+    from . import datasets
+
+    if dataset == "demo":
+        return datasets.load_demo()
+    loaders = {
+        "image-folder": datasets.load_image_folder,
+        "bone-marrow": datasets.load_bone_marrow,
+        "hyperkvasir": datasets.load_hyperkvasir,
+        "isic2019": datasets.load_isic2019,
+        "isic2020": datasets.load_isic2020,
+        "medmnist": datasets.load_medmnist,
+    }
+    if dataset not in loaders:
+        raise ValueError(f"Unknown dataset {dataset!r}; expected one of {EVALUATE_DATASETS}.")
+    if root is None:
+        raise ValueError(
+            f"--dataset {dataset} needs --root: the downloaded data set (a .npz file for "
+            "medmnist, a directory otherwise)."
+        )
+    return loaders[dataset](root)
+
+
+def run_evaluate(
+    dataset: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    pretrained: str | None = None,
+    featurizer: str | os.PathLike[str] | None = None,
+    epochs: int = 0,
+    n_per_class: Sequence[int] = (1, 5, 10, 25, 50, 100, 250),
+    n_repeats: int = 5,
+    classifier: str = "svm",
+    out: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    random_state: int = 0,
+    verbose: int = 1,
+) -> Any:
+    """The paper's experiment: frozen DINO features, few labels per class, a plain classifier.
+
+    Loads ``dataset``, builds the featurizer (``pretrained`` weights, optionally trained
+    further with DINO on all images of the data set, labels unused; or a fitted featurizer
+    saved with joblib), and runs ``sparsam.model_selection.few_shot_curve`` with one of the
+    paper's classifiers. Prints the table; with ``out``, writes ``few_shot_curve.csv`` and
+    ``few_shot_curve.png`` there.
+
+    Parameters
+    ----------
+    dataset : str
+        One of ``EVALUATE_DATASETS``.
+    root : str or path-like, optional
+        The download the loader reads; not needed for ``"demo"``.
+    pretrained : str, optional
+        ``DinoFeaturizer(pretrained=...)``: ``"imagenet"``, ``"bm"``, ``"endo"``, ``"isic"``,
+        ``"hf-hub:org/name"`` or a directory written by ``save_backbone``.
+    featurizer : str or path-like, optional
+        A joblib file holding a fitted ``DinoFeaturizer``; exclusive with ``pretrained``.
+    epochs : int, default=0
+        DINO epochs on the data set before evaluating (only with ``pretrained``).
+    n_per_class : sequence of int, default=(1, 5, 10, 25, 50, 100, 250)
+        Labeled images per class; values the smallest class cannot afford are skipped.
+    n_repeats : int, default=5
+        Random draws per value of ``n_per_class``.
+    classifier : {"svm", "logistic_regression", "knn"}, default="svm"
+        A preset of ``sparsam.model_selection.paper_classifiers``.
+    out : str or path-like, optional
+        Output directory (created if missing).
+    image_size, batch_size : int, optional
+        Featurizer settings for ``pretrained``; the featurizer's defaults when omitted.
+    device : str, default="auto"
+        Featurizer device for ``pretrained``.
+    random_state : int, default=0
+        Seed of the featurizer, the classifier and the draws.
+    verbose : int, default=1
+        Featurizer verbosity.
+
+    Returns
+    -------
+    FewShotCurveResult
+    """
+    import joblib
+
+    from .featurizer import DinoFeaturizer
+    from .model_selection import few_shot_curve, paper_classifiers
+
+    if (pretrained is None) == (featurizer is None):
+        raise ValueError("Pass exactly one of pretrained= and featurizer=.")
+    classifiers = paper_classifiers(random_state=random_state)
+    if classifier not in classifiers:
+        raise ValueError(
+            f"Unknown classifier {classifier!r}; expected one of {sorted(classifiers)}."
+        )
+    images, labels, class_names = load_evaluation_dataset(dataset, root)
+    labels = np.asarray(labels)
+    if featurizer is not None:
+        if epochs:
+            raise ValueError(
+                f"epochs={epochs} with a saved featurizer: it is evaluated as it is; to train "
+                "with DINO first, start from pretrained weights instead."
+            )
+        model = joblib.load(featurizer)
+        if not isinstance(model, DinoFeaturizer) or not hasattr(model, "backbone_"):
+            raise ValueError(f"{featurizer} does not hold a fitted DinoFeaturizer.")
+        source = str(featurizer)
+    else:
+        settings = {"image_size": image_size, "batch_size": batch_size}
+        model = DinoFeaturizer(
+            pretrained=pretrained,
+            epochs=epochs,
+            device=device,
+            random_state=random_state,
+            verbose=verbose,
+            **{name: value for name, value in settings.items() if value is not None},
+        ).fit(images)
+        source = str(pretrained) + (f" + {epochs} DINO epochs" if epochs else "")
+    # The featurizer is frozen, so FrozenEstimator(featurizer) -> classifier in few_shot_curve
+    # would give the same scores but embed the test images again for every draw: embed once.
+    labeled = np.flatnonzero(labels != -1)
+    if isinstance(images, np.ndarray):
+        labeled_images = images[labeled]
+    else:
+        labeled_images = [images[index] for index in labeled]
+    features = model.transform(labeled_images)
+    counts = np.bincount(labels[labeled], minlength=len(class_names))
+    print(
+        f"{dataset}: {len(labels)} images, {len(labeled)} labeled in {len(class_names)} classes "
+        f"({counts.min()} to {counts.max()} per class); features: {source}, "
+        f"{features.shape[1]} dimensions; classifier: {classifier}"
+    )
+    result = few_shot_curve(
+        classifiers[classifier],
+        features,
+        labels[labeled],
+        n_per_class=n_per_class,
+        n_repeats=n_repeats,
+        random_state=random_state,
+    )
+    print(result.table())
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.to_csv(out / "few_shot_curve.csv")
+        _save_few_shot_figure(
+            result, out / "few_shot_curve.png", f"{source} + {classifier}", dataset
+        )
+        print(f"Wrote {out / 'few_shot_curve.csv'} and {out / 'few_shot_curve.png'}")
+    return result
+
+
+def _save_few_shot_figure(result: Any, path: Path, label: str, title: str) -> None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print(
+            f"sparsam evaluate: no {path.name}: plotting needs matplotlib: "
+            'pip install "sparsam[plot]"',
+            file=sys.stderr,
+        )
+        return
+    from .plotting import plot_few_shot_curve
+
+    # A Figure without pyplot: no GUI backend, nothing left open after saving.
+    figure = Figure(figsize=(6.4, 4.4))
+    plot_few_shot_curve({label: result}, ax=figure.subplots(), title=title)
+    figure.savefig(path, dpi=150, bbox_inches="tight")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsam`` console script."""
     parser = argparse.ArgumentParser(prog="sparsam", description=__doc__)
@@ -129,6 +323,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     demo.add_argument("--seed", type=int, default=0, help="random_state of the featurizer")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="the paper's experiment: few-shot curve of frozen features + a classifier",
+        description=(
+            "Embed a data set with a pretrained (optionally further DINO-trained) featurizer, "
+            "train one of the paper's classifiers on N labeled images per class over repeated "
+            "draws, score balanced accuracy on the rest, print the table and write "
+            "few_shot_curve.csv and few_shot_curve.png to --out."
+        ),
+    )
+    evaluate.add_argument("--dataset", choices=EVALUATE_DATASETS, required=True)
+    evaluate.add_argument(
+        "--root", default=None, help="the download (a .npz file for medmnist); not for demo"
+    )
+    features = evaluate.add_mutually_exclusive_group(required=True)
+    features.add_argument(
+        "--pretrained",
+        metavar="SPEC",
+        help="imagenet, bm, endo, isic, hf-hub:org/name or a directory from save_backbone",
+    )
+    features.add_argument(
+        "--featurizer", metavar="FILE", help="a fitted DinoFeaturizer saved with joblib.dump"
+    )
+    evaluate.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="DINO epochs on all images of the data set first, labels unused (default: 0)",
+    )
+    evaluate.add_argument(
+        "--n-per-class",
+        type=int,
+        nargs="+",
+        default=[1, 5, 10, 25, 50, 100, 250],
+        help="labeled images per class (default: 1 5 10 25 50 100 250)",
+    )
+    evaluate.add_argument("--repeats", type=int, default=5, help="draws per N (default: 5)")
+    evaluate.add_argument(
+        "--classifier", choices=["svm", "logistic_regression", "knn"], default="svm"
+    )
+    evaluate.add_argument("--out", default=None, help="directory for the CSV and PNG")
+    evaluate.add_argument(
+        "--image-size", type=int, default=None, help="featurizer input size (default: 224)"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=None, help="embedding batch size")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    evaluate.add_argument("--seed", type=int, default=0, help="random_state of everything")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     convert = commands.add_parser(
         "convert",
         help="convert one of the paper's original .pt checkpoints to timm's Hub format",
@@ -173,6 +415,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         run_demo(epochs=args.epochs, random_state=args.seed, verbose=0 if args.quiet else 1)
+    elif args.command == "evaluate":
+        try:
+            run_evaluate(
+                args.dataset,
+                args.root,
+                pretrained=args.pretrained,
+                featurizer=args.featurizer,
+                epochs=args.epochs,
+                n_per_class=args.n_per_class,
+                n_repeats=args.repeats,
+                classifier=args.classifier,
+                out=args.out,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                device=args.device,
+                random_state=args.seed,
+                verbose=0 if args.quiet else 1,
+            )
+        except (ValueError, OSError) as error:
+            print(f"sparsam evaluate: error: {error}", file=sys.stderr)
+            return 1
     elif args.command == "convert":
         try:
             path = convert_checkpoint(

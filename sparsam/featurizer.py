@@ -9,6 +9,7 @@ import warnings
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
+import joblib
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -18,7 +19,15 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from .backbones import backbone_data_config, create_backbone, load_backbone
-from .data import as_image_source, iter_batches, load_images
+from .data import ImageSource, as_image_source, iter_batches, load_images
+from .data.cache import (
+    EmbeddingStore,
+    cache_location,
+    cache_namespace,
+    image_keys,
+    subset_source,
+    weights_digest,
+)
 from .dino.augment import MultiCropAugmentation, normalize
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
@@ -128,6 +137,18 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         DataLoader workers that decode image files.
     checkpoint_dir : path-like, optional
         Training writes a checkpoint there after each epoch and resumes from it.
+    memory : str, path-like, joblib.Memory or None, default=None
+        Directory in which ``transform`` caches embeddings, one file per image below
+        ``<memory>/sparsam-embeddings/``; a ``joblib.Memory`` stands for its ``location``
+        (None there, like ``memory=None``, caches nothing). An image's entry is keyed by the
+        fitted weights (``weights_digest_``), the device type and precision, and the image
+        itself: the bytes of an array or PIL image, or a file's resolved path, size and
+        modification time (files are not read to key them). Each image is thus embedded once
+        across splits, repeats, parameter settings and processes, and a refit or an edited
+        file is embedded anew. With a featurizer fitted once,
+        ``GridSearchCV(make_pipeline(FrozenEstimator(fitted), SVC()), param_grid,
+        cv=FewShotSplit(...))`` embeds every image once, however many splits and settings
+        it tries. Stale entries are never removed: delete the directory to reclaim space.
     random_state : int, RandomState instance or None, default=None
         Seeds weights, batch order and augmentations: the same value on the CPU gives
         the same embeddings.
@@ -147,6 +168,10 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         near ln(out_dim) means collapse.
     data_config_ : dict
         ``mean``, ``std``, ``image_size`` and ``interpolation`` used by ``transform``.
+    weights_digest_ : str
+        SHA-256 of ``backbone_`` (architecture and state dict) and ``data_config_`` at the
+        end of ``fit``; it keys the cache of ``memory``. Delete it after changing
+        ``backbone_`` in place, and ``transform`` computes it afresh.
 
     Examples
     --------
@@ -204,6 +229,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "precision": [StrOptions({"auto", "fp32", "bf16"})],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "checkpoint_dir": [str, os.PathLike, None],
+        "memory": [str, os.PathLike, joblib.Memory, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -254,6 +280,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         precision: str = "auto",
         num_workers: int = 0,
         checkpoint_dir: str | os.PathLike | None = None,
+        memory: str | os.PathLike | joblib.Memory | None = None,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
     ) -> None:
@@ -300,6 +327,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.precision = precision
         self.num_workers = num_workers
         self.checkpoint_dir = checkpoint_dir
+        self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
 
@@ -319,6 +347,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         self._validate_params()
         self._validate_tuples()
+        cache_location(self.memory)
         source = as_image_source(X)
         device = self._resolve_device()
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -370,6 +399,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             teacher = trainer.teacher.backbone
         self.backbone_ = teacher.eval().requires_grad_(False)
         self.n_features_out_ = int(self.backbone_.num_features)
+        self.weights_digest_ = weights_digest(self.backbone_, self.data_config_)
         return self
 
     def transform(self, X: Any) -> np.ndarray:
@@ -383,9 +413,38 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Returns
         -------
         embeddings : ndarray of shape (n, n_features_out_), float32
+            With ``memory`` set, images embedded before are read from the cache and the
+            others are embedded and stored.
         """
         check_is_fitted(self, "backbone_")
+        location = cache_location(self.memory)
         source = as_image_source(X)
+        if location is None:
+            return self._embed(source)
+        device = self._resolve_device()
+        namespace = cache_namespace(
+            self._weights_digest(), device.type, resolve_precision(self.precision, device)
+        )
+        store = EmbeddingStore(location, namespace)
+        rows: dict[str, list[int]] = {}
+        for index, key in enumerate(image_keys(source)):
+            rows.setdefault(key, []).append(index)
+        embeddings = np.empty((len(source), self.n_features_out_), dtype=np.float32)
+        missing = []
+        for key, indices in rows.items():
+            cached = store.load(key, self.n_features_out_)
+            if cached is None:
+                missing.append(key)
+            else:
+                embeddings[indices] = cached
+        if missing:
+            computed = self._embed(subset_source(source, [rows[key][0] for key in missing]))
+            for key, embedding in zip(missing, computed, strict=True):
+                store.save(key, embedding)
+                embeddings[rows[key]] = embedding
+        return embeddings
+
+    def _embed(self, source: ImageSource) -> np.ndarray:
         device = self._resolve_device()
         backbone = self.backbone_.to(device)
         autocast_dtype = resolve_precision(self.precision, device)
@@ -431,6 +490,16 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             # A model fitted on a GPU must unpickle on a machine without one.
             state["backbone_"] = copy.deepcopy(state["backbone_"]).to("cpu")
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Featurizers pickled before the memory parameter existed did not cache.
+        super().__setstate__({"memory": None, **state})
+
+    def _weights_digest(self) -> str:
+        # Featurizers pickled before weights_digest_ existed lack it.
+        if not hasattr(self, "weights_digest_"):
+            self.weights_digest_ = weights_digest(self.backbone_, self.data_config_)
+        return self.weights_digest_
 
     def _create_backbone(self) -> torch.nn.Module:
         if self.pretrained is None or self.pretrained == "imagenet":
