@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsam.cli import DIGITS_RECIPE, compare_on_digits, load_digits_images
+from sparsam.cli import DIGITS_RECIPE, compare_on_digits
+from sparsam.datasets import load_demo
 from sparsam.model_selection import format_few_shot_table
 
 DEFAULT_PEER = Path(__file__).resolve().parents[1].parent / "shared/bench/lightly_dino_ref.py"
@@ -68,7 +69,8 @@ def main() -> None:
     if args.epochs is not None:
         params["epochs"] = args.epochs
     rows, trained, minutes = compare_on_digits(params)
-    steps = params["epochs"] * (len(load_digits_images()[1]) // params["batch_size"])
+    n_images = len(load_demo()[1])
+    steps = params["epochs"] * (n_images // params["batch_size"])
     print(f"sparsam: {params['epochs']} epochs = {steps} steps in {minutes:.1f} min")
     if args.lightly.exists():
         rows.update(run_lightly(args.lightly, minutes))

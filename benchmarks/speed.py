@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from sparsam import DinoFeaturizer
-from sparsam.cli import DIGITS_RECIPE, load_digits_images
+from sparsam.cli import DIGITS_RECIPE
+from sparsam.datasets import load_demo
 from sparsam.dino.trainer import resolve_precision
 
 DEFAULT_PEER = Path(__file__).resolve().parents[1].parent / "shared/bench/lightly_dino_ref.py"
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--lightly", type=Path, default=DEFAULT_PEER)
     args = parser.parse_args()
 
-    images, _ = load_digits_images()
+    images, _, _ = load_demo()
     model_kwargs = {k: v for k, v in DIGITS_RECIPE["backbone_kwargs"].items() if k != "patch_size"}
     params = {
         **DIGITS_RECIPE,

@@ -13,9 +13,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from sparsam import DinoFeaturizer
-from sparsam.cli import DIGITS_RECIPE, load_digits_images
+from sparsam.cli import DIGITS_RECIPE
+from sparsam.datasets import load_demo
 
-images, labels = load_digits_images()
+images, labels, _ = load_demo()
 labeled, test, labeled_y, test_y = train_test_split(
     images, labels, train_size=100, stratify=labels, random_state=0
 )

@@ -20,7 +20,6 @@ __all__ = [
     "DIGITS_RECIPE",
     "EVALUATE_DATASETS",
     "compare_on_digits",
-    "load_digits_images",
     "load_evaluation_dataset",
     "main",
     "run_demo",
@@ -57,14 +56,6 @@ DIGITS_RECIPE: dict[str, Any] = {
 }
 
 
-def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 real 8x8 digits as float images in [0, 1], and their labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return (digits.images / 16.0).astype(np.float32), digits.target
-
-
 def compare_on_digits(
     params: dict[str, Any],
 ) -> tuple[dict[str, dict[int, np.ndarray]], Any, float]:
@@ -84,10 +75,11 @@ def compare_on_digits(
     minutes : float
         Wall-clock minutes of DINO training.
     """
+    from .datasets import load_demo
     from .featurizer import DinoFeaturizer
     from .model_selection import few_shot_scores
 
-    images, labels = load_digits_images()
+    images, labels, _ = load_demo()
     started = time.perf_counter()
     trained = DinoFeaturizer(**params).fit(images)
     minutes = (time.perf_counter() - started) / 60

@@ -6,7 +6,8 @@ import warnings
 import pytest
 
 from sparsam import DinoFeaturizer, save_backbone
-from sparsam.cli import DIGITS_RECIPE, load_digits_images
+from sparsam.cli import DIGITS_RECIPE
+from sparsam.datasets import load_demo
 from sparsam.model_selection import few_shot_scores
 
 # A third of the demo's epochs (560 steps, about 1.5 minutes on 2 cores). The demo's full
@@ -26,7 +27,8 @@ def accuracy_at_10(featurizer, images, labels):
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_digits_images()
+    images, labels, _ = load_demo()
+    return images, labels
 
 
 @pytest.fixture(scope="module")
