@@ -405,58 +405,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     push.add_argument("--message", default=None, help="commit message")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _run_command(args)
+    except (ValueError, OSError) as error:
+        print(f"sparsam {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    """Dispatch a parsed command line; ``main`` turns bad input into exit code 1."""
     if args.command == "demo":
         run_demo(epochs=args.epochs, random_state=args.seed, verbose=0 if args.quiet else 1)
     elif args.command == "evaluate":
-        try:
-            run_evaluate(
-                args.dataset,
-                args.root,
-                pretrained=args.pretrained,
-                featurizer=args.featurizer,
-                epochs=args.epochs,
-                n_per_class=args.n_per_class,
-                n_repeats=args.repeats,
-                classifier=args.classifier,
-                out=args.out,
-                image_size=args.image_size,
-                batch_size=args.batch_size,
-                device=args.device,
-                random_state=args.seed,
-                verbose=0 if args.quiet else 1,
-            )
-        except (ValueError, OSError) as error:
-            print(f"sparsam evaluate: error: {error}", file=sys.stderr)
-            return 1
+        run_evaluate(
+            args.dataset,
+            args.root,
+            pretrained=args.pretrained,
+            featurizer=args.featurizer,
+            epochs=args.epochs,
+            n_per_class=args.n_per_class,
+            n_repeats=args.repeats,
+            classifier=args.classifier,
+            out=args.out,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            device=args.device,
+            random_state=args.seed,
+            verbose=0 if args.quiet else 1,
+        )
     elif args.command == "convert":
-        try:
-            path = convert_checkpoint(
-                args.checkpoint,
-                args.outdir,
-                name=args.name,
-                architecture=args.architecture,
-                image_size=args.image_size,
-            )
-        except (ValueError, OSError) as error:
-            print(f"sparsam convert: error: {error}", file=sys.stderr)
-            return 1
+        path = convert_checkpoint(
+            args.checkpoint,
+            args.outdir,
+            name=args.name,
+            architecture=args.architecture,
+            image_size=args.image_size,
+        )
         print(f"Converted {args.checkpoint} to {path}")
     elif args.command == "push":
         options = {"commit_message": args.message} if args.message else {}
-        try:
-            url = push_backbone(
-                args.directory,
-                args.repo_id,
-                private=args.private,
-                token=args.token,
-                revision=args.revision,
-                **options,
-            )
-        except (ValueError, OSError) as error:
-            print(f"sparsam push: error: {error}", file=sys.stderr)
-            return 1
+        url = push_backbone(
+            args.directory,
+            args.repo_id,
+            private=args.private,
+            token=args.token,
+            revision=args.revision,
+            **options,
+        )
         print(f"Pushed {args.directory} to {args.repo_id}: {url}")
-    return 0
 
 
 if __name__ == "__main__":
