@@ -11,11 +11,13 @@ reads the paper's original ``.pt`` state dicts with ``torch.load(weights_only=Tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
 import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ from huggingface_hub.utils import (
 )
 from sklearn.exceptions import NotFittedError
 from torch import nn
+
+from ._files import replace_files
 
 __all__ = [
     "PRETRAINED_BACKBONES",
@@ -58,6 +62,17 @@ PAPER_STD = (0.5, 0.5, 0.5)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 README_NAME = "README.md"
+# Markers of the files sparsam writes: saving again replaces a file only when it carries its
+# marker, so that a directory can hold other files (a thesis, notes, a model of another tool)
+# and sparsam never overwrites what it did not write. config.json and model.safetensors of one
+# save share its save id, which tells a mix of two saves (see save_backbone) apart.
+_CONFIG_MARKER = "sparsam"
+_WEIGHTS_MARKER = "sparsam_save_id"
+_CARD_MARKER = "<!-- sparsam-model-card"
+_CARD_MARKER_TEXT = (
+    "written by sparsam, which replaces this file when it saves a backbone here again; "
+    "delete this line to keep your edits (sparsam then refuses to overwrite the file)"
+)
 # Files that can only be read by unpickling, which can run arbitrary code: never from a hub.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar")
 
@@ -159,7 +174,7 @@ PRETRAINED_BACKBONES: dict[str, PretrainedBackbone] = {
 def create_backbone(
     name: str,
     *,
-    image_size: int,
+    image_size: int | None = None,
     pretrained: str | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     drop_path_rate: float = 0.0,
@@ -170,9 +185,12 @@ def create_backbone(
     ----------
     name : str
         A timm model name, e.g. ``"xcit_small_12_p8_224"`` or ``"vit_small_patch16_224"``.
-    image_size : int
+    image_size : int, optional
         Side of the global crops; vision transformers are built for it and with
-        ``dynamic_img_size=True`` so that the smaller local crops pass too.
+        ``dynamic_img_size=True`` so that the smaller local crops pass too. By default
+        ``backbone_kwargs["img_size"]`` when given, else the input size of timm's
+        configuration for ``name`` (224 for ``"xcit_small_12_p8_224"``). The size used is
+        recorded as ``model.pretrained_cfg["input_size"]``.
     pretrained : {None, "imagenet"}
         ``"imagenet"`` loads timm's pretrained weights for ``name``.
     backbone_kwargs : dict, optional
@@ -202,6 +220,8 @@ def create_backbone(
         raise ValueError(
             f"backbone {name!r} is not a timm model name; see timm.list_models() for the names."
         )
+    if image_size is None:
+        image_size = _default_image_size(name, backbone_kwargs or {})
     kwargs = {"num_classes": 0, "drop_path_rate": drop_path_rate, **(backbone_kwargs or {})}
     # Not every architecture takes these; try the most specific first (ViT, then XCiT, then CNNs).
     size_options = [
@@ -217,8 +237,20 @@ def create_backbone(
             last_error = error
             continue
         _record_model_args(model, name, {**size_kwargs, **(backbone_kwargs or {})})
+        model.pretrained_cfg = {
+            **(getattr(model, "pretrained_cfg", None) or {}),
+            "input_size": (3, image_size, image_size),
+        }
         return model
     raise ValueError(f"timm cannot build {name!r} with {kwargs}: {last_error}") from last_error
+
+
+def _default_image_size(name: str, backbone_kwargs: dict[str, Any]) -> int:
+    size = backbone_kwargs.get("img_size")
+    if size is None:
+        pretrained_cfg = timm.models.get_pretrained_cfg(name)
+        size = getattr(pretrained_cfg, "input_size", None) or (3, 224, 224)
+    return int(size if isinstance(size, int) else size[-1])
 
 
 def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -288,12 +320,22 @@ def save_backbone(
     loads it: ``timm.create_model(f"local-dir:{directory}", pretrained=True)``, or
     ``"hf-hub:org/name"`` once pushed with ``push_backbone``.
 
-    Everything is first written to a hidden directory next to ``directory`` and renamed into
-    place at the end, so an interrupted save leaves no half-written model. An existing
-    ``directory`` is replaced: it is moved aside, the new one renamed in, then the old one
-    deleted (if the second rename fails, the old directory is moved back). Between the two
-    renames ``directory`` briefly does not exist. To protect unrelated data, an existing
-    directory is only replaced when it is empty or holds a ``config.json``.
+    ``directory`` may exist and hold other files: only these three files are written, and
+    every other file is left alone. A file of one of these names is only replaced when
+    sparsam wrote it, which it recognises by a marker: a ``"sparsam"`` entry (its version and
+    a save id) in ``config.json``, a ``sparsam_save_id`` entry in the safetensors metadata,
+    a ``<!-- sparsam-model-card … -->`` line at the end of the model card. Delete that line
+    from a card you edited, and sparsam refuses to overwrite it; pass ``model_card=False`` to
+    save beside it. With ``model_card=False`` a card written by an earlier save is removed,
+    since it would describe other weights.
+
+    The files are first written completely to a hidden directory inside ``directory``, then
+    each is renamed into place, ``config.json`` last. If saving raises (disk full, permission
+    denied, KeyboardInterrupt), ``directory`` is left as it was. A crash or kill during the
+    final renames leaves every file whole, either the new or the previous one; at worst the
+    new ``model.safetensors`` beside the previous ``config.json`` and card, which a mismatch
+    of their save ids reveals and saving again repairs. A crash can also leave the hidden
+    ``.sparsam-save-*`` directory behind, which is safe to delete.
 
     Parameters
     ----------
@@ -324,7 +366,9 @@ def save_backbone(
     ValueError
         If the architecture or its arguments cannot be determined or are not serialisable.
     FileExistsError
-        If ``directory`` is a file, or a non-empty directory without ``config.json``.
+        If ``directory`` is a file, or holds a ``config.json``, ``model.safetensors`` or
+        ``README.md`` that sparsam did not write; the message names the files and nothing
+        is written.
 
     Examples
     --------
@@ -435,35 +479,98 @@ def _write_model_directory(
     license: str,
     card: str | None,
 ) -> Path:
-    from timm.models import save_for_hf
+    """Write sparsam's files into ``directory``, leaving every other file there alone.
+
+    The new files are written completely into a hidden staging directory inside ``directory``
+    and then renamed into place by `replace_files`, ``config.json`` last; see `save_backbone`
+    for what an interrupted save leaves.
+    """
+    # timm's public save_for_hf writes the safetensors file without metadata, so sparsam
+    # writes the weights itself and takes only the config from timm. Imported here so that a
+    # timm that moves this private function breaks saving alone.
+    from timm.models._hub import save_config_for_hf
 
     directory = directory.expanduser()
-    if directory.exists():
-        if not directory.is_dir():
-            raise FileExistsError(f"{directory} exists and is not a directory.")
-        if any(directory.iterdir()) and not (directory / CONFIG_NAME).is_file():
-            raise FileExistsError(
-                f"{directory} is not empty and holds no {CONFIG_NAME}; refusing to replace it. "
-                "Choose a new or empty directory, or one written by save_backbone."
-            )
-    parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f".{directory.name}.{uuid.uuid4().hex[:12]}.partial"
-    # os.mkdir honours the umask, unlike tempfile.mkdtemp (always 0700).
-    staging.mkdir()
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(
+            f"{directory} exists and is not a directory; expected a directory to save the "
+            "backbone in."
+        )
+    names = [WEIGHTS_NAME, *([README_NAME] if card is not None else []), CONFIG_NAME]
+    _refuse_foreign_files(directory, names)
+    # A card from an earlier save would describe other weights; a README of the user's stays.
+    stale = [README_NAME] if card is None and _written_by_sparsam(directory / README_NAME) else []
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    # Inside the target, so that the final renames never cross a file system (a mount point).
+    staging = Path(tempfile.mkdtemp(prefix=".sparsam-save-", dir=directory))
+    save_id = uuid.uuid4().hex
     try:
-        save_for_hf(model, str(staging), model_args=model_args, safe_serialization=True)
-        config_path = staging / CONFIG_NAME
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        safetensors.torch.save_file(
+            model.state_dict(),
+            str(staging / WEIGHTS_NAME),
+            metadata={"format": "pt", _WEIGHTS_MARKER: save_id},
+        )
+        save_config_for_hf(model, str(staging / CONFIG_NAME), model_args=model_args)
+        config = json.loads((staging / CONFIG_NAME).read_text(encoding="utf-8"))
         config = _normalised_config(config, model, architecture, data_config, license)
-        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        config[_CONFIG_MARKER] = {"version": _sparsam_version(), "save_id": save_id}
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if card is not None:
-            (staging / README_NAME).write_text(card, encoding="utf-8")
-        _rename_into_place(staging, directory)
+            marker = f"{_CARD_MARKER} {save_id}: {_CARD_MARKER_TEXT} -->"
+            (staging / README_NAME).write_text(f"{card.rstrip()}\n\n{marker}\n", encoding="utf-8")
+        replace_files(directory, staging, names, remove=stale)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
+    shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _refuse_foreign_files(directory: Path, names: list[str]) -> None:
+    foreign = [
+        directory / name
+        for name in names
+        if os.path.lexists(directory / name) and not _written_by_sparsam(directory / name)
+    ]
+    if not foreign:
+        return
+    them = "the file" if len(foreign) == 1 else "the files"
+    advice = f"Save into another directory, or move {them} away"
+    if directory / README_NAME in foreign:
+        advice += "; to keep a README.md of your own, pass model_card=False to save_backbone"
+    raise FileExistsError(
+        f"Refusing to overwrite {', '.join(str(path) for path in foreign)}: sparsam did not "
+        f"write {them} (it marks its {CONFIG_NAME} with a {_CONFIG_MARKER!r} entry, its "
+        f"{WEIGHTS_NAME} with {_WEIGHTS_MARKER!r} metadata and its {README_NAME} with a "
+        f"{_CARD_MARKER!r} line), and nothing was written. {advice}."
+    )
+
+
+def _written_by_sparsam(path: Path) -> bool:
+    """Whether ``path`` is a file that `_write_model_directory` wrote, judged by its marker."""
+    # sparsam never writes symbolic links (a Hub cache snapshot is made of them).
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        if path.name == CONFIG_NAME:
+            config = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(config, dict) and isinstance(config.get(_CONFIG_MARKER), dict)
+        if path.name == WEIGHTS_NAME:
+            with safetensors.safe_open(str(path), framework="pt") as weights:
+                return _WEIGHTS_MARKER in (weights.metadata() or {})
+        return _CARD_MARKER in path.read_text(encoding="utf-8")
+    except Exception:  # unreadable, not JSON, not safetensors (its own SafetensorError): foreign
+        return False
+
+
+def _sparsam_version() -> str:
+    from sparsam import __version__
+
+    return __version__
 
 
 def _normalised_config(
@@ -518,20 +625,6 @@ def _normalised_config(
         "model_args": model_args,
         "pretrained_cfg": pretrained_cfg,
     }
-
-
-def _rename_into_place(staging: Path, directory: Path) -> None:
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    old = directory.parent / f".{directory.name}.{uuid.uuid4().hex[:12]}.old"
-    os.replace(directory, old)
-    try:
-        os.replace(staging, directory)
-    except BaseException:
-        os.replace(old, directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _model_card(
@@ -605,7 +698,7 @@ def _model_card(
         "from sparsam import DinoFeaturizer, load_backbone",
         "",
         f'backbone = load_backbone("hf-hub:{hub_id}")  # or the path of a local copy',
-        f'featurizer = DinoFeaturizer(pretrained="hf-hub:{hub_id}", epochs=0)',
+        f'featurizer = DinoFeaturizer(pretrained="hf-hub:{hub_id}", epochs=0)  # at {size} px',
         "```",
         "",
         "With plain timm:",
@@ -1040,7 +1133,9 @@ def convert_checkpoint(
         The ``.pt`` file. Only convert files you trust: ``weights_only=True`` restricts what
         unpickling may build, but the file is still a pickle.
     directory : str or path-like
-        Output directory (replaced atomically, see ``save_backbone``).
+        Output directory. Only sparsam's files in it are replaced, other files are left
+        alone, and a foreign ``config.json``, ``model.safetensors`` or ``README.md`` is
+        refused with ``FileExistsError`` (see ``save_backbone``).
     name : {"bm", "endo", "isic"}, optional
         Which of the paper's backbones it is; names the training data in the model card and
         the repository in its examples.
@@ -1060,6 +1155,9 @@ def convert_checkpoint(
     ValueError
         If the file holds no ``backbone.`` keys, or its backbone keys or shapes do not fit
         ``architecture``; the message lists them and names the file.
+    FileExistsError
+        If ``directory`` holds a ``config.json``, ``model.safetensors`` or ``README.md`` that
+        sparsam did not write.
     """
     path = Path(checkpoint).expanduser()
     entry = None

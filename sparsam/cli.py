@@ -374,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     convert.add_argument("checkpoint", help="the original .pt file (read with weights_only=True)")
-    convert.add_argument("outdir", help="output directory (replaced if it holds a saved model)")
+    convert.add_argument(
+        "outdir",
+        help="output directory; sparsam's files in it are replaced, other files left alone",
+    )
     convert.add_argument(
         "--name",
         choices=sorted(PRETRAINED_BACKBONES),

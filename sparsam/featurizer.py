@@ -64,14 +64,19 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Epochs of DINO training; 0 trains nothing and only loads ``pretrained``.
     batch_size : int, default=64
         Images per step (also per embedding batch in ``transform``).
-    image_size : int, default=224
-        Every image is resized to this square size; global crops have this size.
+    image_size : int or None, default=None
+        Every image is resized to this square size; global crops have this size. None takes
+        the input size from the backbone's configuration, as timm does: the ``input_size``
+        of a saved or Hub backbone's ``config.json`` (a backbone saved at 16 px embeds at
+        16 px, the paper's converted weights at 256), else ``backbone_kwargs["img_size"]``,
+        else timm's default for ``backbone`` (224 for the paper's XCiT). Must be a multiple
+        of the backbone's patch size.
     global_crops : int, default=2
         Number of global crops (the teacher sees only these).
     local_crops : int, default=5
         Number of local crops (student only); 0 disables multi-crop.
     local_crop_size : int, default=96
-        Side of the local crops.
+        Side of the local crops; a multiple of the patch size, at most ``image_size``.
     global_crop_scale, local_crop_scale : tuple of float, default=(0.5, 1.0), (0.1, 0.5)
         Range of the image area each crop covers.
     horizontal_flip, vertical_flip : float, default=0.5
@@ -79,8 +84,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         X-rays do, and flips there destroy the signal: set them to 0.
     rotation : float, default=180.0
         Maximum rotation in degrees, drawn uniformly in [-rotation, rotation].
-    perspective : float, default=0.2
-        Distortion scale of the random perspective (0 disables it).
+    perspective : float, default=0.5
+        Distortion scale of the random perspective (0 disables it), as in the original
+        sparsam recipe.
+    perspective_p : tuple of 3 float, default=(0.75, 0.5, 0.5)
+        Perspective probability of the first global, second global and local crops (the
+        original sparsam recipe).
     color_jitter : tuple of 4 float, default=(0.4, 0.4, 0.2, 0.1)
         Brightness, contrast, saturation, hue, applied with probability 0.8.
     grayscale : float, default=0.2
@@ -114,7 +123,11 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     weight_decay, weight_decay_end : float, default=0.04, 0.4
         Cosine weight-decay schedule (not on biases and normalisation layers).
     clip_grad : float or None, default=3.0
-        Gradient-norm clipping of the student.
+        Gradient-norm clipping of the student; None switches it off.
+    clip_grad_mode : {"per_parameter", "global"}, default="per_parameter"
+        "per_parameter" clips every parameter's gradient norm to ``clip_grad`` separately,
+        as DINO and the paper do; "global" clips the norm of all gradients together
+        (``torch.nn.utils.clip_grad_norm_``).
     freeze_last_layer_epochs : int, default=1
         Epochs during which the head's last layer is not trained.
     head_warmup_epochs : int or "auto", default="auto"
@@ -122,21 +135,28 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         so that a fresh head does not damage pretrained features. "auto": 0 without
         ``pretrained`` weights, otherwise a tenth of ``epochs`` (at least 1).
     koleo_weight : float, default=0.1
-        Weight of the KoLeo regulariser (DINOv2, same weight) that spreads the student's CLS
-        embeddings of each global crop over the sphere. On digits it raised balanced accuracy
-        at 10 labels per class from 0.39 to 0.60 after 1,000 steps, where DINO alone collapsed
-        to uniform outputs (benchmarks/RESULTS.md). 0 gives the paper's objective exactly.
+        Weight of the KoLeo regulariser that spreads the student's CLS embeddings over the
+        sphere. As in DINOv2 (same weight, same reduction), it multiplies the sum of one KoLeo
+        term per global crop, each over the batch's embeddings of that crop. On digits it
+        keeps DINO from collapsing to uniform outputs (benchmarks/RESULTS.md and
+        docs/small_data_recipe.md). 0 gives the paper's objective exactly. Needs at least 2
+        images per batch.
     drop_path_rate : float, default=0.1
-        Stochastic depth of the student.
+        Stochastic depth of the student; the teacher runs without it, as in DINO.
     device : str, default="auto"
-        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", …
+        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", … ``fit`` refuses a device
+        torch does not know or this machine lacks.
     precision : {"auto", "fp32", "bf16"}, default="auto"
         "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX),
         fp32 elsewhere.
     num_workers : int, default=0
         DataLoader workers that decode image files.
     checkpoint_dir : path-like, optional
-        Training writes a checkpoint there after each epoch and resumes from it.
+        Training writes a checkpoint there after each epoch (atomically) and resumes from it
+        after an interruption. The checkpoint records what identifies the run (seed, a
+        fingerprint of the decoded images, the starting weights and every training
+        setting); ``fit`` refuses one written by another run with an error naming what
+        differs, and refuses an unreadable file or an unwritable directory before training.
     memory : str, path-like, joblib.Memory or None, default=None
         Directory in which ``transform`` caches embeddings, one file per image below
         ``<memory>/sparsam-embeddings/``; a ``joblib.Memory`` stands for its ``location``
@@ -150,15 +170,18 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         cv=FewShotSplit(...))`` embeds every image once, however many splits and settings
         it tries. Stale entries are never removed: delete the directory to reclaim space.
     random_state : int, RandomState instance or None, default=None
-        Seeds weights, batch order and augmentations: the same value on the CPU gives
-        the same embeddings.
+        Seeds weights, batch order, augmentations and drop-path (torch's global CPU and
+        CUDA generators are seeded for the fit and restored afterwards): the same value on
+        the CPU gives the same embeddings bit for bit, and a run resumed from
+        ``checkpoint_dir`` the same as an uninterrupted one.
     verbose : int, default=1
         0 silences the progress bars.
 
     Attributes
     ----------
     backbone_ : torch.nn.Module
-        The teacher backbone, in eval mode.
+        The teacher backbone, in eval mode. Its BatchNorm statistics (XCiT) are running
+        averages over the teacher's training batches, as in DINO.
     n_features_out_ : int
         Width of the embeddings.
     history_ : dict of list
@@ -191,7 +214,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "pretrained": [str, os.PathLike, None],
         "epochs": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "image_size": [Interval(Integral, 1, None, closed="left")],
+        "image_size": [Interval(Integral, 1, None, closed="left"), None],
         "global_crops": [Interval(Integral, 2, None, closed="left")],
         "local_crops": [Interval(Integral, 0, None, closed="left")],
         "local_crop_size": [Interval(Integral, 1, None, closed="left")],
@@ -201,6 +224,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "vertical_flip": [Interval(Real, 0, 1, closed="both")],
         "rotation": [Interval(Real, 0, 180, closed="both")],
         "perspective": [Interval(Real, 0, 1, closed="both")],
+        "perspective_p": [tuple, list],
         "color_jitter": [tuple, list],
         "grayscale": [Interval(Real, 0, 1, closed="both")],
         "blur": [tuple, list],
@@ -221,6 +245,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "weight_decay_end": [Interval(Real, 0, None, closed="left")],
         "clip_grad": [Interval(Real, 0, None, closed="neither"), None],
+        "clip_grad_mode": [StrOptions({"per_parameter", "global"})],
         "freeze_last_layer_epochs": [Interval(Integral, 0, None, closed="left")],
         "head_warmup_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "koleo_weight": [Interval(Real, 0, None, closed="left")],
@@ -242,7 +267,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         pretrained: str | os.PathLike | None = None,
         epochs: int = 100,
         batch_size: int = 64,
-        image_size: int = 224,
+        image_size: int | None = None,
         global_crops: int = 2,
         local_crops: int = 5,
         local_crop_size: int = 96,
@@ -251,7 +276,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         horizontal_flip: float = 0.5,
         vertical_flip: float = 0.5,
         rotation: float = 180.0,
-        perspective: float = 0.2,
+        perspective: float = 0.5,
+        perspective_p: tuple[float, float, float] = (0.75, 0.5, 0.5),
         color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
         grayscale: float = 0.2,
         blur: tuple[float, float, float] = (1.0, 0.1, 0.5),
@@ -272,6 +298,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         weight_decay: float = 0.04,
         weight_decay_end: float = 0.4,
         clip_grad: float | None = 3.0,
+        clip_grad_mode: str = "per_parameter",
         freeze_last_layer_epochs: int = 1,
         head_warmup_epochs: int | str = "auto",
         koleo_weight: float = 0.1,
@@ -299,6 +326,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.vertical_flip = vertical_flip
         self.rotation = rotation
         self.perspective = perspective
+        self.perspective_p = perspective_p
         self.color_jitter = color_jitter
         self.grayscale = grayscale
         self.blur = blur
@@ -319,6 +347,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.weight_decay = weight_decay
         self.weight_decay_end = weight_decay_end
         self.clip_grad = clip_grad
+        self.clip_grad_mode = clip_grad_mode
         self.freeze_last_layer_epochs = freeze_last_layer_epochs
         self.head_warmup_epochs = head_warmup_epochs
         self.koleo_weight = koleo_weight
@@ -347,9 +376,10 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         self._validate_params()
         self._validate_tuples()
+        device = self._resolve_device()
+        self._validate_backbone_kwargs()
         cache_location(self.memory)
         source = as_image_source(X)
-        device = self._resolve_device()
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -362,6 +392,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 n_layers=self.head_layers,
             )
         self.data_config_ = backbone_data_config(backbone, self.image_size)
+        self._validate_sizes(backbone)
         self.history_: dict[str, list[float]] = {}
         if self.epochs == 0:
             if self.pretrained is None:
@@ -373,7 +404,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 )
             teacher = backbone
         else:
-            images = load_images(source, self.image_size, self.batch_size, self.num_workers)
+            # Built before decoding: an unwritable checkpoint_dir fails here, not hours later.
             trainer = DinoTrainer(
                 backbone,
                 head,
@@ -383,6 +414,9 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 device,
                 resolve_precision(self.precision, device),
                 self.checkpoint_dir,
+            )
+            images = load_images(
+                source, self.data_config_["image_size"], self.batch_size, self.num_workers
             )
             generator = torch.Generator().manual_seed(seed)
             with tqdm(
@@ -503,13 +537,20 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _create_backbone(self) -> torch.nn.Module:
         if self.pretrained is None or self.pretrained == "imagenet":
-            return create_backbone(
-                self.backbone,
-                image_size=self.image_size,
-                pretrained=self.pretrained,
-                backbone_kwargs=self.backbone_kwargs,
-                drop_path_rate=self.drop_path_rate,
-            )
+            try:
+                return create_backbone(
+                    self.backbone,
+                    image_size=self.image_size,
+                    pretrained=self.pretrained,
+                    backbone_kwargs=self.backbone_kwargs,
+                    drop_path_rate=self.drop_path_rate,
+                )
+            except AssertionError as error:
+                # timm checks shapes with assert (e.g. "dim should be divisible by num_heads").
+                raise ValueError(
+                    f"timm cannot build backbone={self.backbone!r} at image_size="
+                    f"{self.image_size} with backbone_kwargs={self.backbone_kwargs!r}: {error}"
+                ) from error
         return load_backbone(
             self.pretrained, image_size=self.image_size, drop_path_rate=self.drop_path_rate
         )
@@ -517,10 +558,68 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def _resolve_device(self) -> torch.device:
         if str(self.device) == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but CUDA is not available here.")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"device={self.device!r} is not a device torch knows; expected 'auto', 'cpu', "
+                "'cuda' or 'cuda:N'."
+            ) from error
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={self.device!r} but CUDA is not available here.")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device={self.device!r} but this machine has "
+                    f"{torch.cuda.device_count()} CUDA device(s)."
+                )
+        elif device.type != "cpu":
+            available = getattr(torch, device.type, None)
+            if available is None or not available.is_available():
+                raise ValueError(
+                    f"device={self.device!r}: {device.type} is not available here; expected "
+                    "'auto', 'cpu', 'cuda' or 'cuda:N'."
+                )
         return device
+
+    def _validate_backbone_kwargs(self) -> None:
+        kwargs = self.backbone_kwargs or {}
+        embed_dim, num_heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
+        if (
+            isinstance(embed_dim, int)
+            and isinstance(num_heads, int)
+            and (num_heads < 1 or embed_dim % num_heads)
+        ):
+            raise ValueError(
+                f"backbone_kwargs: embed_dim={embed_dim} must be a multiple of "
+                f"num_heads={num_heads} (each attention head gets embed_dim / num_heads)."
+            )
+
+    def _validate_sizes(self, backbone: torch.nn.Module) -> None:
+        """Refuse crop sizes the backbone cannot tile, before any image is decoded."""
+        image_size = self.data_config_["image_size"]
+        patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+        patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+        sizes = {"image_size": image_size}
+        if self.epochs > 0 and self.local_crops > 0:
+            sizes["local_crop_size"] = self.local_crop_size
+            if self.local_crop_size > image_size:
+                raise ValueError(
+                    f"local_crop_size={self.local_crop_size} is larger than image_size="
+                    f"{image_size}; local crops are the small views (DINO: 96 and 224)."
+                )
+        if isinstance(patch, int) and patch > 1:
+            for name, size in sizes.items():
+                if size % patch:
+                    origin = (
+                        " (the backbone's configured input size)"
+                        if name == "image_size" and self.image_size is None
+                        else ""
+                    )
+                    raise ValueError(
+                        f"{name}={size}{origin} is not a multiple of the backbone's patch size "
+                        f"{patch}; use e.g. {max(patch, size // patch * patch)}."
+                    )
 
     def _validate_tuples(self) -> None:
         for name in ("global_crop_scale", "local_crop_scale"):
@@ -529,19 +628,22 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 raise ValueError(
                     f"{name} must be (low, high) with 0 < low <= high <= 1, got {value!r}."
                 )
-        checks = {"color_jitter": 4, "blur": 3}
+        checks = {"color_jitter": 4, "blur": 3, "perspective_p": 3}
         for name, length in checks.items():
             value = getattr(self, name)
             if len(value) != length or any(not 0 <= float(v) for v in value):
                 raise ValueError(f"{name} must be {length} non-negative numbers, got {value!r}.")
-        if any(float(v) > 1 for v in self.blur):
-            raise ValueError(f"blur holds probabilities in [0, 1], got {self.blur!r}.")
+        for name in ("blur", "perspective_p"):
+            if any(float(v) > 1 for v in getattr(self, name)):
+                raise ValueError(
+                    f"{name} holds probabilities in [0, 1], got {getattr(self, name)!r}."
+                )
 
     def _augmentation(self) -> MultiCropAugmentation:
         return MultiCropAugmentation(
             global_crops=self.global_crops,
             local_crops=self.local_crops,
-            global_crop_size=self.image_size,
+            global_crop_size=self.data_config_["image_size"],
             local_crop_size=self.local_crop_size,
             global_crop_scale=tuple(self.global_crop_scale),
             local_crop_scale=tuple(self.local_crop_scale),
@@ -549,6 +651,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             vertical_flip=self.vertical_flip,
             rotation=self.rotation,
             perspective=self.perspective,
+            perspective_p=tuple(self.perspective_p),
             color_jitter=tuple(self.color_jitter),
             grayscale_p=self.grayscale,
             blur_p=tuple(self.blur),
@@ -571,6 +674,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             warmup_teacher_temperature=self.warmup_teacher_temperature,
             warmup_teacher_temperature_epochs=self.warmup_teacher_temperature_epochs,
             clip_grad=self.clip_grad,
+            clip_grad_mode=self.clip_grad_mode,
             freeze_last_layer_epochs=self.freeze_last_layer_epochs,
             koleo_weight=self.koleo_weight,
             head_warmup_epochs=self._resolved_head_warmup_epochs(),

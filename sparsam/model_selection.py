@@ -11,11 +11,9 @@ from __future__ import annotations
 import csv
 import numbers
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +30,8 @@ from sklearn.svm import SVC
 from sklearn.utils import _safe_indexing, check_random_state, get_tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _num_samples, check_is_fitted, column_or_1d
+
+from ._files import atomic_write
 
 __all__ = [
     "FewShotCurveResult",
@@ -127,6 +127,30 @@ def _cell(scores: np.ndarray | None) -> str:
 _SMALL_CLASS_POLICIES = ("all_available", "raise")
 
 
+def _check_class_labels(y: np.ndarray) -> None:
+    """Refuse continuous targets, which would make every distinct value a class of its own."""
+    if y.dtype.kind == "f":
+        offending = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+    elif y.dtype.kind == "O":
+        offending = [
+            index
+            for index, label in enumerate(y)
+            if isinstance(label, numbers.Real)
+            and not isinstance(label, numbers.Integral)
+            and not float(label).is_integer()
+        ]
+    else:
+        return
+    if len(offending):
+        index = int(offending[0])
+        raise ValueError(
+            f"y[{index}] = {y[index]} is not a class label: y holds continuous values, and "
+            "few-shot draws are made per class. Expected class labels (integers, whole-number "
+            "floats such as 1.0, or strings; -1 marks an unlabeled sample); bin a continuous "
+            "target into classes first."
+        )
+
+
 def _labeled_mask(y: np.ndarray) -> np.ndarray:
     """True where ``y`` is a label, False where it is -1 (unlabeled, the sklearn convention)."""
     if y.dtype.kind in "iufO":
@@ -218,18 +242,25 @@ class FewShotSplit(BaseCrossValidator):
         X : array-like or sequence of length n_samples
             Only its length is used.
         y : array-like of shape (n_samples,)
-            Class labels; -1 marks an unlabeled sample.
+            Class labels: integers, whole-number floats or strings; -1 marks an unlabeled
+            sample.
         groups : ignored
 
         Yields
         ------
         train : ndarray of int
         test : ndarray of int
+
+        Raises
+        ------
+        ValueError
+            If ``y`` holds continuous values (such as 0.5 or NaN), naming the first.
         """
         self._validate_params()
         if y is None:
             raise ValueError("FewShotSplit.split needs the class labels y; got y=None.")
         y = column_or_1d(np.asarray(y))
+        _check_class_labels(y)
         if X is not None and _num_samples(X) != len(y):
             raise ValueError(
                 f"X and y have different lengths: X has {_num_samples(X)} samples, "
@@ -428,20 +459,14 @@ class FewShotCurveResult:
         """Write the table of :meth:`to_frame` as CSV (no pandas needed).
 
         The file is written next to ``path`` first and then moved in place, so an interrupted
-        run never leaves half a file behind.
+        run never leaves half a file behind; it gets the permissions of the umask, as with
+        ``open``.
         """
-        path = Path(path)
         columns, rows = self._rows(long)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", text=True)
-        try:
-            with os.fdopen(handle, "w", newline="") as file:
-                writer = csv.writer(file)
-                writer.writerow(columns)
-                writer.writerows(rows)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "w") as file:
+            writer = csv.writer(file)
+            writer.writerow(columns)
+            writer.writerows(rows)
 
     def plot(self, ax: Any = None, label: str | None = None, **kwargs: Any) -> Any:
         """Plot the curve with :func:`sparsam.plotting.plot_few_shot_curve` (needs matplotlib)."""
@@ -487,13 +512,14 @@ def few_shot_curve(
     X : array-like or sequence of length n_samples
         Anything indexable: an array of features or images, or a list of image paths.
     y : array-like of shape (n_samples,)
-        Labels; -1 (unlabeled) samples are never drawn.
+        Class labels (integers, whole-number floats or strings, not continuous values); -1
+        (unlabeled) samples are never drawn.
     n_per_class : sequence of int, default=(1, 5, 10, 25, 50, 100, 250)
         Labels per class to evaluate. A value that the smallest class cannot supply is skipped
         with a warning: without ``test`` the smallest class must keep one sample for testing
         (``N < n_smallest``), with ``test`` it may give all (``N <= n_smallest``).
     n_repeats : int, default=5
-        Draws per ``N``.
+        Draws per ``N``; at least 1.
     scoring : str, callable or None, default="balanced_accuracy"
         Anything :func:`sklearn.metrics.check_scoring` accepts.
     test : tuple (X_test, y_test) or None, default=None
@@ -508,6 +534,12 @@ def few_shot_curve(
     -------
     FewShotCurveResult
 
+    Raises
+    ------
+    ValueError
+        If ``n_repeats`` is not a positive int, ``y`` holds continuous values, ``X`` and
+        ``y`` differ in length, or no value of ``n_per_class`` fits the smallest class.
+
     Examples
     --------
     >>> from sklearn.datasets import load_iris
@@ -518,7 +550,9 @@ def few_shot_curve(
     >>> result.n_per_class.tolist()
     [1, 10]
     """
+    _check_positive_int(n_repeats, "n_repeats")
     y = column_or_1d(np.asarray(y))
+    _check_class_labels(y)
     if _num_samples(X) != len(y):
         raise ValueError(
             f"X and y have different lengths: X has {_num_samples(X)} samples, y has {len(y)}; "

@@ -26,6 +26,21 @@ TINY_PARAMS = {
 }
 N_IMAGES = 40
 
+# The paper's default architecture, small: XCiT has BatchNorm (patch embedding and local patch
+# interaction) and, at depth 2, drop-path, the code paths a 1-block ViT never reaches.
+SMALL_XCIT_PARAMS = {
+    **TINY_PARAMS,
+    "backbone": "xcit_small_12_p8_224",
+    "backbone_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+    "drop_path_rate": 0.2,
+}
+# A ViT deep enough for stochastic depth (timm's rates grow linearly from 0 at block 0).
+DEEP_VIT_PARAMS = {
+    **TINY_PARAMS,
+    "backbone_kwargs": {"patch_size": 4, "depth": 3, "embed_dim": 32, "num_heads": 2},
+    "drop_path_rate": 0.2,
+}
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_torch_thread():
@@ -41,6 +56,18 @@ def _single_torch_thread():
 def tiny_params():
     """Keyword arguments of a DinoFeaturizer that trains in a fraction of a second."""
     return copy.deepcopy(TINY_PARAMS)
+
+
+@pytest.fixture
+def small_xcit_params():
+    """Keyword arguments of a DinoFeaturizer with a 2-block, 32-wide XCiT (BatchNorm, drop-path)."""
+    return copy.deepcopy(SMALL_XCIT_PARAMS)
+
+
+@pytest.fixture
+def deep_vit_params():
+    """Keyword arguments of a DinoFeaturizer with a 3-block ViT and drop-path 0.2."""
+    return copy.deepcopy(DEEP_VIT_PARAMS)
 
 
 @pytest.fixture

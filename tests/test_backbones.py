@@ -5,6 +5,7 @@ HF_HUB_OFFLINE=1 against a Hub cache it builds itself."""
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -232,13 +233,112 @@ def test_failed_weight_write_keeps_the_previous_model_intact(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_home", "model"]
 
 
-def test_save_refuses_to_replace_a_directory_that_is_not_a_saved_model(backbone, tmp_path):
-    precious = tmp_path / "photos"
-    precious.mkdir()
-    (precious / "holiday.jpg").write_bytes(b"...")
-    with pytest.raises(FileExistsError, match=r"photos.*no config.json"):
-        save_backbone(backbone, precious)
-    assert (precious / "holiday.jpg").exists()
+def test_saving_again_leaves_the_users_files_beside_the_model_alone(tmp_path, images):
+    target = save_backbone(tiny_vit(seed=0), tmp_path / "model")
+    (target / "thesis.tex").write_text("\\chapter{Results}")
+    (target / "figures").mkdir()
+    (target / "figures" / "curve.png").write_bytes(b"png")
+    replacement = tiny_vit(seed=1)
+
+    save_backbone(replacement, target)
+
+    assert (target / "thesis.tex").read_text() == "\\chapter{Results}"
+    assert (target / "figures" / "curve.png").read_bytes() == b"png"
+    assert torch.equal(embed(load_backbone(target), images), embed(replacement, images))
+
+
+def test_save_into_a_directory_of_other_files_adds_the_model_beside_them(backbone, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"...")
+
+    save_backbone(backbone, photos)
+
+    assert sorted(p.name for p in photos.iterdir()) == [
+        "README.md",
+        "config.json",
+        "holiday.jpg",
+        "model.safetensors",
+    ]
+    assert (photos / "holiday.jpg").read_bytes() == b"..."
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "README.md"])
+def test_save_refuses_to_overwrite_a_model_file_it_did_not_write(backbone, tmp_path, name):
+    target = tmp_path / "other-tool"
+    target.mkdir()
+    foreign = {
+        "config.json": b'{"architecture": "resnet18", "num_classes": 1000}',
+        "model.safetensors": safetensors.torch.save({"weight": torch.zeros(2)}),
+        "README.md": b"# My notes\n",
+    }[name]
+    (target / name).write_bytes(foreign)
+
+    with pytest.raises(FileExistsError, match=re.escape(str(target / name))):
+        save_backbone(backbone, target)
+
+    assert directory_files(target) == {name: foreign}
+
+
+def test_save_refuses_a_model_card_whose_sparsam_marker_the_user_deleted(backbone, tmp_path):
+    target = save_backbone(backbone, tmp_path / "model")
+    card = target / "README.md"
+    card.write_text(card.read_text().replace("<!-- sparsam-model-card", "<!-- my edits"))
+    before = directory_files(target)
+
+    with pytest.raises(FileExistsError, match=r"README\.md.*model_card=False"):
+        save_backbone(backbone, target)
+
+    assert directory_files(target) == before
+
+
+def test_save_without_model_card_keeps_a_readme_of_the_users(backbone, tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "README.md").write_text("# My own card\n")
+
+    save_backbone(backbone, target, model_card=False)
+
+    assert (target / "README.md").read_text() == "# My own card\n"
+    assert (target / "model.safetensors").is_file()
+
+
+def test_save_without_model_card_removes_the_card_of_an_earlier_save(backbone, tmp_path):
+    target = save_backbone(backbone, tmp_path / "model")
+
+    save_backbone(backbone, target, model_card=False)
+
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_saved_files_carry_sparsam_markers_with_one_save_id(saved):
+    config = json.loads((saved / "config.json").read_text())
+    with safetensors.safe_open(str(saved / "model.safetensors"), framework="pt") as weights:
+        metadata = weights.metadata()
+    card_lines = (saved / "README.md").read_text().splitlines()
+
+    save_id = config["sparsam"]["save_id"]
+    assert config["sparsam"]["version"] == sparsam.__version__
+    assert metadata == {"format": "pt", "sparsam_save_id": save_id}
+    assert card_lines[-1].startswith(f"<!-- sparsam-model-card {save_id}:")
+
+
+def test_failed_rename_of_the_config_puts_the_previous_model_back(tmp_path, monkeypatch):
+    target = save_backbone(tiny_vit(seed=0), tmp_path / "model")
+    (target / "notes.txt").write_text("keep")
+    before = directory_files(target)
+    rename = os.replace
+
+    def refuse_config(source, destination):
+        if Path(destination) == target / "config.json":
+            raise PermissionError("config.json is read-only")
+        rename(source, destination)
+
+    monkeypatch.setattr(os, "replace", refuse_config)
+    with pytest.raises(PermissionError):
+        save_backbone(tiny_vit(seed=1), target)
+
+    assert directory_files(target) == before
 
 
 # ---------------------------------------------------------------------------- plain timm
@@ -592,6 +692,31 @@ def test_convert_command_reports_a_bad_checkpoint_with_exit_code_1(tmp_path, cap
     torch.save({"epoch": 1}, tmp_path / "empty.pt")
     assert main(["convert", str(tmp_path / "empty.pt"), str(tmp_path / "out")]) == 1
     assert "empty.pt holds no 'backbone.' keys" in capsys.readouterr().err
+
+
+def test_convert_command_into_a_converted_directory_keeps_the_users_files(tmp_path, capsys):
+    small_xcit_checkpoint(tmp_path / "pretrained_bm.pt", model_kwargs={})
+    command = ["convert", str(tmp_path / "pretrained_bm.pt"), str(tmp_path / "bm")]
+    arguments = ["--architecture", "xcit_nano_12_p8_224", "--image-size", "32"]
+    assert main([*command, *arguments]) == 0
+    (tmp_path / "bm" / "thesis.tex").write_text("draft")
+
+    assert main([*command, *arguments]) == 0
+
+    assert (tmp_path / "bm" / "thesis.tex").read_text() == "draft"
+
+
+def test_convert_command_refuses_a_foreign_config_json_with_exit_code_1(tmp_path, capsys):
+    small_xcit_checkpoint(tmp_path / "pretrained_bm.pt", model_kwargs={})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.json").write_text('{"architecture": "resnet18"}')
+    arguments = ["--architecture", "xcit_nano_12_p8_224", "--image-size", "32"]
+
+    code = main(["convert", str(tmp_path / "pretrained_bm.pt"), str(tmp_path / "out"), *arguments])
+
+    assert code == 1
+    assert f"Refusing to overwrite {tmp_path / 'out' / 'config.json'}" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["config.json"]
 
 
 def test_push_command_passes_its_options_and_prints_the_commit(saved, fake_hub_api, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from sparsam.data import ImageSource, as_image_source, iter_batches, load_images
 
@@ -112,14 +112,27 @@ def test_uint16_array_is_scaled_by_smallest_bit_depth_holding_its_maximum(maximu
     assert decoded[0, 0].tolist() == [0, expected_middle, round(maximum * 255 / (2**bit_depth - 1))]
 
 
-def test_uint16_bit_depth_comes_from_the_whole_stacked_array():
-    images = np.zeros((2, 1, 2), dtype=np.uint16)
-    images[0, 0, 0] = 4095
-    images[1, 0, 0] = 100
+@pytest.mark.parametrize("container", [np.stack, list], ids=["stacked", "list"])
+def test_uint16_image_decodes_the_same_alone_and_beside_a_brighter_or_darker_one(container):
+    rng = np.random.default_rng(0)
+    dim = rng.integers(0, 1024, size=(4, 4), dtype=np.uint16)
+    bright = rng.integers(0, 65536, size=(4, 4), dtype=np.uint16)
 
-    decoded = as_image_source(images)[1]
+    together = as_image_source(container([dim, bright]))
 
-    assert decoded[0, 0, 0].item() == round(100 * 255 / 4095)
+    assert torch.equal(together[0], as_image_source(dim[None])[0])
+    assert torch.equal(together[1], as_image_source(bright[None])[0])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_file_decodes_like_the_same_uint16_array(tmp_path, suffix):
+    pixels = np.random.default_rng(0).integers(0, 4096, size=(4, 5), dtype=np.uint16)
+    path = tmp_path / f"image{suffix}"
+    Image.fromarray(pixels).save(path)
+
+    from_file = as_image_source([path, np.full((4, 5), 65535, np.uint16)])[0]
+
+    assert torch.equal(from_file, as_image_source([pixels])[0])
 
 
 def test_list_of_uint16_arrays_is_scaled_like_the_stacked_array():
@@ -136,6 +149,16 @@ def test_big_endian_uint16_array_is_accepted():
     images = np.full((1, 2, 2), 4095, dtype=">u2")
 
     assert as_image_source(images)[0].unique().tolist() == [255]
+
+
+def test_items_are_the_images_as_given_and_read_only():
+    stacked = np.zeros((2, 3, 3), dtype=np.uint8)
+    listed = [np.zeros((3, 3), dtype=np.uint8), Image.new("L", (2, 2))]
+
+    items = as_image_source(stacked).items
+
+    assert np.shares_memory(items, stacked) and not items.flags.writeable
+    assert [id(item) for item in as_image_source(listed).items] == [id(item) for item in listed]
 
 
 def test_negative_index_counts_from_the_end():
@@ -524,6 +547,36 @@ def test_unreadable_file_raises_value_error_naming_index_and_path_when_decoded(t
 
     with pytest.raises(ValueError, match=rf"X\[0\] \('{re.escape(str(path))}'\) could not be"):
         source[0]
+
+
+def test_decoder_failure_of_any_kind_raises_value_error_naming_index_and_path(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "image.png"
+    Image.new("RGB", (4, 4)).save(path)
+
+    def broken_decoder(image):
+        raise IndexError("tile cannot extend outside image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_decoder)
+    source = as_image_source([path])
+
+    with pytest.raises(ValueError, match=rf"X\[0\] \('{re.escape(str(path))}'\) could not be"):
+        source[0]
+
+
+@pytest.mark.parametrize("side", [30, 12], ids=["over-twice-the-limit", "over-the-limit"])
+def test_file_over_pils_pixel_limit_raises_value_error_naming_index_path_and_limit(
+    tmp_path, monkeypatch, side
+):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (side, side)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    source = as_image_source([np.zeros((2, 2), np.uint8), path])
+
+    expected = rf"X\[1\] \('{re.escape(str(path))}'\) has more pixels than .*MAX_IMAGE_PIXELS=100,"
+    with pytest.raises(ValueError, match=expected):
+        source[1]
 
 
 def test_unreadable_dicom_file_raises_value_error_naming_index_and_path(tmp_path):

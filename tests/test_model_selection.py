@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import sys
 import types
 
@@ -215,6 +216,24 @@ def test_invalid_parameters_raise_naming_the_parameter(params, message):
         next(FewShotSplit(**params).split(y, y))
 
 
+@pytest.mark.parametrize("y", [[0.5, 1.7, 0.5, 1.7], [1.0, 2.0, np.nan, 1.0]], ids=["0.5", "nan"])
+def test_continuous_labels_raise_naming_the_first_that_is_no_class(y):
+    y = np.array(y * 5)
+    first = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0]
+
+    with pytest.raises(ValueError, match=rf"y\[{first}\] = {y[first]} is not a class label"):
+        next(FewShotSplit(1).split(y, y))
+
+
+def test_whole_number_float_labels_are_split_like_integers():
+    y = np.repeat([0, 1, -1], 10)
+
+    as_floats = list(FewShotSplit(3, random_state=0).split(y, y.astype(float)))
+    as_integers = list(FewShotSplit(3, random_state=0).split(y, y))
+
+    assert np.array_equal(np.concatenate(as_floats[0]), np.concatenate(as_integers[0]))
+
+
 def test_all_unlabeled_y_raises():
     y = np.full(10, -1)
     with pytest.raises(ValueError, match="no labeled sample"):
@@ -312,6 +331,20 @@ def test_few_shot_curve_runs_in_parallel(separable):
     assert np.array_equal(serial.scores[2], parallel.scores[2])
 
 
+@pytest.mark.parametrize("n_repeats", [0, -1, 1.5])
+def test_few_shot_curve_refuses_fewer_than_one_repeat(separable, n_repeats):
+    with pytest.raises(ValueError, match=rf"n_repeats must be a positive int; got {n_repeats}"):
+        few_shot_curve(SVC(), *separable, n_per_class=(1,), n_repeats=n_repeats, test=separable)
+
+
+def test_few_shot_curve_refuses_continuous_labels(separable):
+    features, labels = separable
+    continuous = labels + 0.5
+
+    with pytest.raises(ValueError, match=r"y\[0\] = 0.5 is not a class label"):
+        few_shot_curve(SVC(), features, continuous, n_per_class=(1,), test=separable)
+
+
 def test_few_shot_curve_raises_when_no_n_fits(separable):
     with pytest.raises(ValueError, match="No value of n_per_class"), pytest.warns(UserWarning):
         few_shot_curve(SVC(), *separable, n_per_class=(100,))
@@ -352,6 +385,16 @@ def test_curve_to_csv_writes_without_pandas(curve, tmp_path, monkeypatch):
     assert rows[0] == ["n_per_class", "mean", "std"]
     assert [int(rows[1][0]), float(rows[1][1])] == [1, pytest.approx(0.6)]
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_curve_to_csv_file_gets_the_permissions_of_the_umask(curve, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        curve.to_csv(tmp_path / "curve.csv")
+    finally:
+        os.umask(previous)
+
+    assert (tmp_path / "curve.csv").stat().st_mode & 0o777 == 0o644
 
 
 def test_curve_to_frame_without_pandas_names_the_missing_package(curve, monkeypatch):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sparsam._files import atomic_write, check_writable_directory
 from sparsam.data.inputs import ImageSource, as_image_source
 
 __all__ = [
@@ -37,18 +37,21 @@ __all__ = [
 
 CACHE_DIRECTORY = "sparsam-embeddings"
 # Part of every namespace: bump it when the decoding or the file format changes, so that old
-# entries are no longer read.
-_FORMAT_VERSION = "1"
+# entries are no longer read. 2: uint16 images are scaled by their own bit depth.
+_FORMAT_VERSION = "2"
 
 
 def cache_location(memory: Any) -> Path | None:
     """The directory that ``memory`` names, or None when embeddings are not cached.
 
+    Called at the start of ``fit`` and ``transform``, so that a cache that cannot be written
+    fails before hours of training or embedding rather than at the first store.
+
     Parameters
     ----------
     memory : None, str, os.PathLike or joblib.Memory
         None or a ``joblib.Memory`` whose ``location`` is None turn caching off; otherwise
-        the directory (created on first write) below which the store lives.
+        the directory below which the store lives, created here if needed.
 
     Returns
     -------
@@ -57,7 +60,9 @@ def cache_location(memory: Any) -> Path | None:
     Raises
     ------
     ValueError
-        If ``memory`` is of another type, an empty string, or names an existing file.
+        If ``memory`` is of another type, an empty string, names an existing file, or a
+        directory that cannot be created or written to; the message names ``memory`` and the
+        path.
     """
     if memory is None:
         return None
@@ -77,7 +82,7 @@ def cache_location(memory: Any) -> Path | None:
     path = Path(location).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"memory={os.fspath(location)!r} is a file; expected a directory")
-    return path
+    return check_writable_directory(path, "memory")
 
 
 def weights_digest(module: torch.nn.Module, data_config: Mapping[str, Any]) -> str:
@@ -139,9 +144,8 @@ def cache_namespace(weights: str, device_type: str, autocast_dtype: torch.dtype 
 def image_keys(X: Any) -> list[str]:
     """One key per image that changes whenever the decoded image can change.
 
-    Nothing is decoded: arrays are keyed by dtype, shape and bytes (uint16 arrays also by
-    the bit depth they share with the rest of ``X``, which decides their scaling); PIL images
-    by mode, size, palette and bytes; files by resolved path, size, inode and modification
+    Nothing is decoded: arrays are keyed by dtype, shape and bytes; PIL images by mode, size,
+    palette and bytes; files by resolved path, size, inode and modification
     time in nanoseconds, read with one ``stat`` call. A file rewritten in place with the same
     size within the file system's timestamp resolution keeps its key.
 
@@ -155,12 +159,10 @@ def image_keys(X: Any) -> list[str]:
     list of str
         ``len(X)`` keys of 64 hexadecimal digits, equal for equal images.
     """
-    source = as_image_source(X)
-    images = source._images
-    bit_depth = source._uint16_bit_depth
+    images = as_image_source(X).items
     if isinstance(images, np.ndarray):
-        return [_array_key(image, bit_depth) for image in images]
-    return [_item_key(item, bit_depth) for item in images]
+        return [_array_key(image) for image in images]
+    return [_item_key(item) for item in images]
 
 
 def subset_source(source: ImageSource, indices: Sequence[int]) -> ImageSource:
@@ -176,14 +178,14 @@ def subset_source(source: ImageSource, indices: Sequence[int]) -> ImageSource:
     Returns
     -------
     ImageSource
-        It shares the uint16 bit depth of ``source`` instead of deriving one from the subset.
+        Every image is decoded on its own, so the subset decodes each as ``source`` does.
     """
-    images = source._images
+    images = source.items
     if isinstance(images, np.ndarray):
         subset: np.ndarray | list[Any] = images[np.asarray(indices, dtype=np.intp)]
     else:
         subset = [images[index] for index in indices]
-    return ImageSource(subset, source._uint16_bit_depth)
+    return ImageSource(subset)
 
 
 class EmbeddingStore:
@@ -225,26 +227,19 @@ class EmbeddingStore:
         """
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                np.save(file, np.asarray(embedding, dtype=np.float32), allow_pickle=False)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as file:
+            np.save(file, np.asarray(embedding, dtype=np.float32), allow_pickle=False)
 
 
-def _array_key(array: np.ndarray, uint16_bit_depth: int | None) -> str:
-    bit_depth = uint16_bit_depth if array.dtype.kind == "u" and array.itemsize == 2 else None
-    hasher = hashlib.sha256(f"array\0{array.dtype.str}\0{array.shape}\0{bit_depth}\0".encode())
+def _array_key(array: np.ndarray) -> str:
+    hasher = hashlib.sha256(f"array\0{array.dtype.str}\0{array.shape}\0".encode())
     hasher.update(np.ascontiguousarray(array))
     return hasher.hexdigest()
 
 
-def _item_key(item: Any, uint16_bit_depth: int | None) -> str:
+def _item_key(item: Any) -> str:
     if isinstance(item, np.ndarray):
-        return _array_key(item, uint16_bit_depth)
+        return _array_key(item)
     if isinstance(item, Image.Image):
         return _pil_key(item)
     return _file_key(item)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,6 @@ class ImageSource:
     images : numpy.ndarray or list
         Either a stacked array ``(n, H, W)`` or ``(n, H, W, C)``, or a list whose items are
         numpy arrays, PIL images or file paths.
-    uint16_bit_depth : int or None, default=None
-        Bit depth used to scale in-memory uint16 arrays to uint8. ``None`` for sources without
-        uint16 arrays.
 
     Examples
     --------
@@ -52,12 +50,25 @@ class ImageSource:
     (2, (3, 4, 5))
     """
 
-    def __init__(self, images: np.ndarray | list[Any], uint16_bit_depth: int | None = None) -> None:
+    def __init__(self, images: np.ndarray | list[Any]) -> None:
         self._images = images
-        self._uint16_bit_depth = uint16_bit_depth
 
     def __len__(self) -> int:
         return len(self._images)
+
+    @property
+    def items(self) -> np.ndarray | tuple[Any, ...]:
+        """The images as given, not decoded: a read-only view of the stacked array, or a tuple
+        of the arrays, PIL images and paths of the list.
+
+        Each image is decoded on its own, so ``ImageSource(source.items[i:j])`` decodes its
+        images exactly as ``source`` does.
+        """
+        if isinstance(self._images, np.ndarray):
+            view = self._images.view()
+            view.flags.writeable = False
+            return view
+        return tuple(self._images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         """Decode image `index` as a contiguous uint8 tensor ``(3, H, W)`` at its native size."""
@@ -71,7 +82,7 @@ class ImageSource:
         if not -n_images <= index < n_images:
             raise IndexError(f"image index {index} is out of range for {n_images} images")
         index %= n_images
-        return _decode(self._images[index], index, self._uint16_bit_depth)
+        return _decode(self._images[index], index)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_images={len(self)})"
@@ -95,17 +106,23 @@ def as_image_source(X: Any) -> ImageSource:
         - a 1-D numpy array of file paths (dtype ``object`` or ``str``).
 
         Array dtypes may be uint8, uint16 or float (float16, float32, float64) with values
-        in [0, 1], which are mapped to uint8 by ``round(x * 255)``. uint16 data is scaled by
-        ``round(x * 255 / (2**b - 1))`` with ``b`` the smallest bit depth among 8, 10, 12,
-        14 and 16 whose maximum holds the largest pixel value, so 12-bit microscopy with a
-        maximum of 4095 maps to the full uint8 range. A stacked array, and all uint16 arrays
-        of one list together, share one bit depth (taken from their overall maximum), so the
-        relative brightness of images is kept; uint16 PIL images (modes ``"I;16"``, ``"I"``)
-        and 16-bit files get a bit depth of their own. Float PIL images (mode ``"F"``) follow
-        the float rule.
+        in [0, 1], which are mapped to uint8 by ``round(x * 255)``. uint16 data is scaled per
+        image by ``round(x * 255 / (2**b - 1))`` with ``b`` the smallest bit depth among 8,
+        10, 12, 14 and 16 whose maximum holds the image's largest pixel value, so 12-bit
+        microscopy with a maximum of 4095 maps to the full uint8 range. The rule is the same
+        for the images of a stacked array, uint16 arrays in a list, uint16 PIL images (modes
+        ``"I;16"``, ``"I"``) and 16-bit PNG or TIFF files, and an image's pixels never depend
+        on the other images passed with it (a few-shot split, a cache hit or the batch it
+        falls in cannot change its embedding). Two images of one sensor can therefore be
+        scaled differently (a dark 12-bit image whose maximum is below 256 is read as 8-bit);
+        to keep their relative brightness, pass float arrays divided by the sensor's maximum,
+        e.g. ``x / 4095``. Float PIL images (mode ``"F"``) follow the float rule.
 
         Files may be PNG, JPEG, TIFF or BMP (read with PIL), or DICOM (suffix ``.dcm`` or
         ``.dicom``, or the ``DICM`` marker at byte 128), read with pydicom when installed.
+        Images with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million by
+        default; PIL's guard against decompression bombs) are refused; raise that limit, or
+        set it to None, to read larger files.
         DICOM data gets its RescaleSlope and RescaleIntercept applied; data deeper than
         8 bits is then min-max scaled to uint8 per image, and MONOCHROME1 is inverted.
 
@@ -125,6 +142,10 @@ def as_image_source(X: Any) -> ImageSource:
         If `X`, an item of it or an array dtype is not one of the accepted kinds.
     FileNotFoundError
         If a file path does not point to an existing file.
+
+    Files are only opened when an image is indexed: a file that cannot be decoded, or is
+    larger than ``PIL.Image.MAX_IMAGE_PIXELS``, raises a ValueError naming its index and path
+    then.
 
     Examples
     --------
@@ -204,6 +225,9 @@ def iter_batches(
         shuffle=False,
         num_workers=int(num_workers),
         persistent_workers=False,
+        # Its own generator: a DataLoader otherwise draws its workers' base seed from torch's
+        # global generator, and decoding would change the caller's random numbers.
+        generator=torch.Generator().manual_seed(0),
     )
     # A plain iterator rather than a generator, so that invalid arguments raise at the call.
     return iter(loader)
@@ -292,22 +316,18 @@ def _stacked_array_source(X: np.ndarray) -> ImageSource:
         )
     if X.shape[1] == 0 or X.shape[2] == 0:
         raise ValueError(f"X has shape {X.shape}; expected images of non-zero height and width")
-    kind = _dtype_kind(X.dtype, "X")
-    if kind == "float":
+    if _dtype_kind(X.dtype, "X") == "float":
         _check_stacked_float_values(X)
-    bit_depth = _uint16_bit_depth(int(X.max())) if kind == "uint16" else None
-    return ImageSource(X, bit_depth)
+    return ImageSource(X)
 
 
 def _list_source(items: list[Any]) -> ImageSource:
     if not items:
         raise ValueError("X is empty; expected at least one image")
-    uint16_maximum = None
     for index, item in enumerate(items):
         where = f"X[{index}]"
         if isinstance(item, np.ndarray):
-            if _check_array_image(item, where) == "uint16":
-                uint16_maximum = max(int(item.max()), uint16_maximum or 0)
+            _check_array_image(item, where)
         elif isinstance(item, Image.Image):
             if item.width == 0 or item.height == 0:
                 raise ValueError(
@@ -322,8 +342,7 @@ def _list_source(items: list[Any]) -> ImageSource:
                 f"{where} has type {type(item).__name__}; expected a numpy array, a PIL image or "
                 "a file path (str or os.PathLike)"
             )
-    bit_depth = None if uint16_maximum is None else _uint16_bit_depth(uint16_maximum)
-    return ImageSource(items, bit_depth)
+    return ImageSource(items)
 
 
 def _dtype_kind(dtype: np.dtype, where: str) -> str:
@@ -387,21 +406,27 @@ def _uint16_bit_depth(maximum: int) -> int:
     return next(bits for bits in _UINT16_BIT_DEPTHS if maximum <= 2**bits - 1)
 
 
-def _decode(item: Any, index: int, uint16_bit_depth: int | None) -> torch.Tensor:
+def _decode(item: Any, index: int) -> torch.Tensor:
     if isinstance(item, np.ndarray):
-        return _array_to_tensor(item, uint16_bit_depth)
+        return _array_to_tensor(item)
     if isinstance(item, Image.Image):
         where = f"X[{index}]"
         try:
             item.load()
-        except (OSError, SyntaxError) as error:
+        except MemoryError:
+            raise
+        # PIL's decoders also fail with ValueError, struct.error, IndexError and others.
+        except Exception as error:
             raise ValueError(f"{where} is a PIL image that could not be loaded: {error}") from error
-        return _array_to_tensor(_pil_to_array(item, where), None)
+        return _array_to_tensor(_pil_to_array(item, where))
     return _read_file(item, index)
 
 
-def _array_to_tensor(array: np.ndarray, uint16_bit_depth: int | None) -> torch.Tensor:
-    """Convert a validated ``(H, W)`` or ``(H, W, C)`` array to uint8 ``(3, H, W)``."""
+def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """Convert a validated ``(H, W)`` or ``(H, W, C)`` array to uint8 ``(3, H, W)``.
+
+    uint16 pixels are scaled by the bit depth of this image's own maximum (alpha excluded).
+    """
     if array.ndim == 2:
         array = array[:, :, None]
     array = array[:, :, :3]
@@ -409,9 +434,7 @@ def _array_to_tensor(array: np.ndarray, uint16_bit_depth: int | None) -> torch.T
         array = array.astype(np.float64 if array.itemsize == 8 else np.float32)
         array = np.rint(array * 255).astype(np.uint8)
     elif array.dtype.itemsize == 2:
-        if uint16_bit_depth is None:
-            uint16_bit_depth = _uint16_bit_depth(int(array.max()))
-        maximum = 2**uint16_bit_depth - 1
+        maximum = 2 ** _uint16_bit_depth(int(array.max())) - 1
         # Integer arithmetic rounds exactly; the odd divisor never leaves a tie.
         array = ((array.astype(np.uint32) * 255 + maximum // 2) // maximum).astype(np.uint8)
     array = np.broadcast_to(array, (*array.shape[:2], 3))
@@ -452,19 +475,47 @@ def _read_file(path: str | os.PathLike, index: int) -> torch.Tensor:
     if not Path(path).is_file():
         raise FileNotFoundError(f"X[{index}]: no file at {os.fspath(path)!r}")
     try:
-        if _is_dicom(path):
-            return _array_to_tensor(_read_dicom(path, where), None)
-        with Image.open(path) as image:
-            image.load()
-            array = _pil_to_array(image, where)
-    # PIL signals unknown formats (UnidentifiedImageError is an OSError), truncated data and
-    # broken chunks through OSError and SyntaxError.
-    except (OSError, SyntaxError) as error:
+        is_dicom = _is_dicom(path)
+    except OSError as error:
+        raise ValueError(
+            f"{where} could not be read ({error}); expected a readable image file"
+        ) from error
+    if is_dicom:
+        return _array_to_tensor(_read_dicom(path, where))
+    with _open_image(path, where) as image:
+        return _array_to_tensor(_pil_to_array(image, where))
+
+
+def _open_image(path: str | os.PathLike, where: str) -> Image.Image:
+    """Open and load an image file with PIL; any failure is a ValueError naming ``where``."""
+    image = None
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice that; refuse both alike, since
+            # a warning from a DataLoader worker does not say which file it is about.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(
+            f"{where} has more pixels than PIL.Image.MAX_IMAGE_PIXELS="
+            f"{Image.MAX_IMAGE_PIXELS}, PIL's guard against decompression bombs ({error}); "
+            "expected a smaller image. If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS "
+            "(None switches the guard off) before decoding."
+        ) from error
+    except MemoryError:
+        raise
+    # PIL signals unknown formats (UnidentifiedImageError), truncated data and broken chunks
+    # through OSError and SyntaxError, and some decoders through ValueError, struct.error,
+    # IndexError and others.
+    except Exception as error:
+        if image is not None:
+            image.close()
         raise ValueError(
             f"{where} could not be decoded ({error}); expected a readable PNG, JPEG, TIFF, BMP "
             "or DICOM file"
         ) from error
-    return _array_to_tensor(array, None)
+    return image
 
 
 def _is_dicom(path: str | os.PathLike) -> bool:

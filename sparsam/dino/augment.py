@@ -126,11 +126,13 @@ class MultiCropAugmentation:
     rotation : float or tuple of 2 floats, default=180.0
         Rotation angle in degrees, uniform in ``[-rotation, rotation]``, or in ``[low, high]``
         when a tuple is given.
-    perspective : float, default=0.2
+    perspective : float, default=0.5
         Distortion scale of torchvision's ``RandomPerspective``: every corner moves inwards by up
-        to this fraction of half the side length. 0 disables it.
-    perspective_p : float, default=0.5
-        Probability of the perspective distortion.
+        to this fraction of half the side length. 0 disables it. 0.5 is the original sparsam
+        recipe's value.
+    perspective_p : tuple of 3 floats, default=(0.75, 0.5, 0.5)
+        Probability of the perspective distortion on the first global crop, the second (and any
+        further) global crop, and the local crops, as in the original sparsam recipe.
     color_jitter : tuple of 4 floats, default=(0.4, 0.4, 0.2, 0.1)
         Brightness, contrast, saturation and hue strength with torchvision's semantics: factors
         uniform in ``[max(0, 1 - s), 1 + s]`` and a hue shift uniform in ``[-hue, hue]`` turns.
@@ -172,8 +174,8 @@ class MultiCropAugmentation:
     horizontal_flip: float = 0.5
     vertical_flip: float = 0.5
     rotation: float | tuple[float, float] = 180.0
-    perspective: float = 0.2
-    perspective_p: float = 0.5
+    perspective: float = 0.5
+    perspective_p: tuple[float, float, float] = (0.75, 0.5, 0.5)
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2
@@ -215,11 +217,15 @@ class MultiCropAugmentation:
         global_solarization_p = [
             self.solarization_p if index == 1 else 0.0 for index in range(self.global_crops)
         ]
+        global_perspective_p = [
+            self.perspective_p[min(index, 1)] for index in range(self.global_crops)
+        ]
         global_views = self._crops(
             pixels,
             uniform[: self.global_crops],
             self.global_crop_size,
             self.global_crop_scale,
+            global_perspective_p,
             global_blur_p,
             global_solarization_p,
         )
@@ -228,6 +234,7 @@ class MultiCropAugmentation:
             uniform[self.global_crops :],
             self.local_crop_size,
             self.local_crop_scale,
+            [self.perspective_p[2]] * self.local_crops,
             [self.blur_p[2]] * self.local_crops,
             [0.0] * self.local_crops,
         )
@@ -239,6 +246,7 @@ class MultiCropAugmentation:
         uniform: torch.Tensor,
         size: int,
         scale: tuple[float, float],
+        perspective_p: list[float],
         blur_p: list[float],
         solarization_p: list[float],
     ) -> list[torch.Tensor]:
@@ -248,7 +256,8 @@ class MultiCropAugmentation:
             return []
         columns = uniform.reshape(n_crops * batch, -1).split(list(_DRAWS.values()), dim=1)
         draws = dict(zip(_DRAWS, columns, strict=True))
-        crops = self._resample(pixels, draws, n_crops, size, scale)
+        perspective = _per_sample(perspective_p, batch, pixels.device)
+        crops = self._resample(pixels, draws, n_crops, size, scale, perspective)
         crops = self._color(crops, draws)
         if max(blur_p) > 0:
             crops = self._blur(crops, draws, _per_sample(blur_p, batch, crops.device))
@@ -267,13 +276,14 @@ class MultiCropAugmentation:
         n_crops: int,
         size: int,
         scale: tuple[float, float],
+        perspective_p: torch.Tensor,
     ) -> torch.Tensor:
         batch, channels, height, width = pixels.shape
         homography = (
             self._crop_matrix(draws, height, width, scale)
             @ self._flip_matrix(draws)
             @ self._rotation_matrix(draws)
-            @ self._perspective_matrix(draws)
+            @ self._perspective_matrix(draws, perspective_p)
         )
         # Pixel centres of the output in normalized coordinates (align_corners=False).
         centres = (torch.arange(size, device=pixels.device, dtype=torch.float32) * 2 + 1) / size - 1
@@ -329,10 +339,12 @@ class MultiCropAugmentation:
         matrix[:, 1, 0], matrix[:, 1, 1] = sin, cos
         return matrix
 
-    def _perspective_matrix(self, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _perspective_matrix(
+        self, draws: dict[str, torch.Tensor], probability: torch.Tensor
+    ) -> torch.Tensor:
         offsets = draws["perspective_offsets"]
         identity = _identity(offsets)
-        if self.perspective == 0 or self.perspective_p == 0:
+        if self.perspective == 0 or max(self.perspective_p) == 0:
             return identity
         # As in torchvision, each corner moves inwards by up to `perspective` of the half side,
         # and the output at a moved corner shows the input's original corner.
@@ -341,7 +353,7 @@ class MultiCropAugmentation:
         ).expand(offsets.shape[0], 4, 2)
         moved = corners - corners * self.perspective * offsets.reshape(-1, 4, 2)
         homography = _homography_from_points(moved, corners)
-        apply = _flag(draws["perspective_apply"], self.perspective_p).reshape(-1, 1, 1)
+        apply = _flag(draws["perspective_apply"], probability).reshape(-1, 1, 1)
         return torch.where(apply, homography, identity)
 
     def _color(self, crop: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -395,13 +407,13 @@ class MultiCropAugmentation:
         probabilities = {
             "horizontal_flip": self.horizontal_flip,
             "vertical_flip": self.vertical_flip,
-            "perspective_p": self.perspective_p,
             "color_jitter_p": self.color_jitter_p,
             "grayscale_p": self.grayscale_p,
             "solarization_p": self.solarization_p,
             "perspective": self.perspective,
         }
-        probabilities.update({f"blur_p[{i}]": p for i, p in enumerate(self.blur_p)})
+        for name in ("blur_p", "perspective_p"):
+            probabilities.update({f"{name}[{i}]": p for i, p in enumerate(getattr(self, name))})
         for name, value in probabilities.items():
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}.")
@@ -424,11 +436,12 @@ class MultiCropAugmentation:
                 "color_jitter must be 4 non-negative strengths (brightness, contrast, saturation, "
                 f"hue) with hue <= 0.5, got {self.color_jitter!r}."
             )
-        if len(self.blur_p) != 3:
-            raise ValueError(
-                "blur_p must hold 3 probabilities (first global, second global, local crops), "
-                f"got {self.blur_p!r}."
-            )
+        for name in ("blur_p", "perspective_p"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(
+                    f"{name} must hold 3 probabilities (first global, second global, local "
+                    f"crops), got {getattr(self, name)!r}."
+                )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(
                 f"mean and std must hold 3 values with std > 0, got {self.mean!r}, {self.std!r}."

@@ -139,6 +139,11 @@ def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     -------
     loss : Tensor
     """
+    if embeddings.shape[0] < 2:
+        raise ValueError(
+            f"koleo_loss needs the embeddings of at least 2 images, got {embeddings.shape[0]}: "
+            "with one there is no nearest neighbour, and the term would be constant."
+        )
     x = nn.functional.normalize(embeddings.float(), dim=-1, p=2)
     with torch.no_grad():
         similarity = x @ x.T
