@@ -6,7 +6,8 @@ features, the protocol of ``sparsam.model_selection.few_shot_scores``: stratifie
 5 draws). "Before" rows restore the old behaviour of one item only:
 
 1. teacher BatchNorm: a small XCiT (BatchNorm inside) at 32 px, with the old teacher (eval
-   mode: BatchNorm on its initial running statistics) against DINO's (batch statistics);
+   mode: BatchNorm on its initial running statistics) against DINO's (batch statistics),
+   and DINO's weights embedded with 0/1 statistics or statistics of the clean images;
 2. pretrained start: DINO continued from a saved backbone with the student left in the eval
    mode ``load_backbone`` returns (drop-path off) against train mode;
 3. KoLeo: the old mean over the two global crops equals the new sum at half the weight;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import platform
 import tempfile
 import time
@@ -36,8 +38,10 @@ import torch
 
 from sparsam import DinoFeaturizer, save_backbone
 from sparsam.cli import DIGITS_RECIPE
+from sparsam.data import iter_batches
 from sparsam.datasets import load_demo
 from sparsam.dino import DinoTrainer
+from sparsam.dino.augment import normalize
 from sparsam.model_selection import few_shot_scores, format_few_shot_table
 
 XCIT = {
@@ -61,6 +65,29 @@ def legacy_training_modes() -> Iterator[None]:
         yield
     finally:
         DinoTrainer._set_training_modes = original
+
+
+def set_batch_norm_statistics(featurizer: DinoFeaturizer, images: np.ndarray, how: str) -> None:
+    """Reset the backbone's BatchNorm statistics to 0/1, or recompute them on clean images."""
+    norms = [
+        module
+        for module in featurizer.backbone_.modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    for norm in norms:
+        norm.reset_running_stats()
+    if how == "clean":
+        config = featurizer.data_config_
+        for norm in norms:
+            norm.momentum = None  # a cumulative average over all batches
+            norm.train()
+        with torch.no_grad():
+            for batch in iter_batches(images, config["image_size"], 64, 0):
+                featurizer.backbone_(normalize(batch, config["mean"], config["std"]))
+        for norm in norms:
+            norm.momentum = 0.1
+            norm.eval()
+    del featurizer.weights_digest_
 
 
 def train(params: dict[str, Any], images: np.ndarray) -> tuple[DinoFeaturizer, float]:
@@ -97,7 +124,17 @@ def main() -> None:
         xcit = {**recipe, **XCIT}
         measure("1 XCiT: untrained", {**xcit, "epochs": 0})
         measure("1 XCiT: old teacher (eval BatchNorm)", xcit, legacy=True)
-        measure("1 XCiT: DINO teacher (batch statistics)", xcit)
+        fitted = measure("1 XCiT: DINO teacher (batch statistics)", xcit)
+        # Same weights, other statistics at embedding time: does the row differ by training
+        # or by normalisation?
+        for name, statistics in (
+            ("1 XCiT: same, embedded with 0/1 statistics", "reset"),
+            ("1 XCiT: same, statistics of the clean images", "clean"),
+        ):
+            variant = copy.deepcopy(fitted)
+            set_batch_norm_statistics(variant, images, statistics)
+            rows[name] = few_shot_scores(variant.transform(images), labels)
+            minutes[name] = 0.0
     if 2 in args.rows:
         with tempfile.TemporaryDirectory() as directory:
             saved = Path(directory) / "digits"

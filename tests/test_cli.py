@@ -36,10 +36,3 @@ def test_unknown_command_exits_with_usage_error(capsys):
         main(["nonsense"])
     assert error.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
-
-
-def test_readme_quickstart_runs_as_written(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    quickstart = next(block for block in blocks if "train_test_split" in block)
-    exec(compile(quickstart, str(README), "exec"), {})
-    assert "accuracy with 10 labels per class" in capsys.readouterr().out
