@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_write, check_writable_directory
+from ..data.cache import weights_digest
 from .augment import MultiCropAugmentation
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss, koleo_loss
@@ -160,7 +161,7 @@ class DinoTrainer:
         self._set_training_modes()
         self.optimizer = torch.optim.AdamW(_parameter_groups(self.student))
         self.history: dict[str, list[float]] = {}
-        self._initial_weights = _state_digest(self.student.state_dict())
+        self._initial_weights = weights_digest(self.student, {})
 
     def fit(
         self,
@@ -500,14 +501,6 @@ def _images_fingerprint(images: torch.Tensor) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(repr(tuple(images.shape)).encode())
     digest.update(images.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def _state_digest(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in state.items():
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
