@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import os
+import secrets
 import sys
 import time
 import warnings
@@ -19,11 +22,15 @@ from .backbones import PRETRAINED_BACKBONES, convert_checkpoint, push_backbone
 __all__ = [
     "DIGITS_RECIPE",
     "EVALUATE_DATASETS",
+    "IMAGE_SUFFIXES",
     "compare_on_digits",
     "load_evaluation_dataset",
     "main",
+    "resolve_images",
     "run_demo",
+    "run_embed",
     "run_evaluate",
+    "run_pretrain",
 ]
 
 # The small-data recipe found on digits; benchmarks/RESULTS.md has the measurements behind
@@ -304,6 +311,660 @@ def _save_few_shot_figure(result: Any, path: Path, label: str, title: str) -> No
     figure.savefig(path, dpi=150, bbox_inches="tight")
 
 
+# What `sparsam pretrain` and `sparsam embed` read from a folder (compared case-insensitively):
+# the formats sparsam.data decodes, PIL's and DICOM's.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+# The CSV column that holds the image paths: the first of these in the header, else the first.
+_CSV_PATH_COLUMNS = ("path", "image", "file")
+_DATA_EXPECTED = (
+    "expected a folder of images, a .txt file with one image path per line, a .csv file with a "
+    f"'path' column, or one of the data set names {', '.join(EVALUATE_DATASETS)} with --root"
+)
+
+
+def resolve_images(
+    data: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+) -> list[Path] | np.ndarray:
+    """The images that ``DATA`` of ``sparsam pretrain`` and ``sparsam embed`` stands for.
+
+    Parameters
+    ----------
+    data : str or path-like
+        One of
+
+        - a folder: every file below it (at any depth) whose suffix is one of
+          ``IMAGE_SUFFIXES``, case-insensitively; hidden files and folders (names starting
+          with ``"."``) are skipped; sorted by path, so the order is the same on every run;
+        - a ``.txt`` file: one image path per line; blank lines and lines starting with ``#``
+          are ignored, surrounding whitespace is stripped;
+        - a ``.csv`` file with a header row: the paths are in the column ``path``, else
+          ``image``, else ``file`` (names compared case-insensitively), else the first column;
+        - a name of ``EVALUATE_DATASETS``, loaded by ``load_evaluation_dataset(data, root)``
+          (labels are dropped).
+
+        Relative paths in a list are relative to the folder of the list file.
+    root : str or path-like, optional
+        The download a data set name reads; only with a name (``"demo"`` needs none).
+
+    Returns
+    -------
+    images : list of pathlib.Path or numpy.ndarray
+        Absolute paths of existing files, in a stable order; an array of images for the data
+        sets that come as arrays (``"demo"``, ``"medmnist"``).
+
+    Raises
+    ------
+    ValueError
+        If ``data`` does not exist and is no data set name, is a file of another kind, holds
+        no image, or lists a path that is not an existing file (naming the list file and its
+        line); if ``root`` is given with a path.
+    """
+    path = Path(data).expanduser()
+    if root is not None:
+        if str(data) not in EVALUATE_DATASETS:
+            raise ValueError(
+                f"--root goes with a data set name ({', '.join(EVALUATE_DATASETS)}), not with "
+                f"DATA={str(data)!r}: a folder or list of images needs no --root."
+            )
+        return _images_of_dataset(str(data), root)
+    if path.is_dir():
+        return _images_in_folder(path)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            return _images_in_text_list(path)
+        if suffix == ".csv":
+            return _images_in_csv_list(path)
+        raise ValueError(
+            f"DATA={str(data)!r} is a {suffix or 'suffix-less'} file; {_DATA_EXPECTED}."
+        )
+    if str(data) in EVALUATE_DATASETS:
+        return _images_of_dataset(str(data), None)
+    raise ValueError(f"DATA={str(data)!r} does not exist; {_DATA_EXPECTED}.")
+
+
+def _images_of_dataset(name: str, root: str | os.PathLike[str] | None) -> list[Path] | np.ndarray:
+    images, _, _ = load_evaluation_dataset(name, root)
+    if isinstance(images, np.ndarray):
+        return images
+    return [Path(image).absolute() for image in images]
+
+
+def _images_in_folder(folder: Path) -> list[Path]:
+    found = []
+    for directory, subdirectories, files in os.walk(folder):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        found.extend(
+            Path(directory, name).absolute()
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
+    if not found:
+        raise ValueError(
+            f"The folder {str(folder)!r} holds no image: expected files with a suffix among "
+            f"{', '.join(IMAGE_SUFFIXES)} (at any depth; hidden files and folders are skipped)."
+        )
+    return sorted(found)
+
+
+def _listed_image(entry: str, list_file: Path, line: int) -> Path:
+    path = Path(entry).expanduser()
+    if not path.is_absolute():
+        path = list_file.parent / path
+    path = path.absolute()
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "does not exist"
+        raise ValueError(
+            f"{list_file}, line {line}: the image {str(path)!r} {state}; expected a path to an "
+            "image file (relative paths are relative to the list's folder)."
+        )
+    return path
+
+
+def _images_in_text_list(list_file: Path) -> list[Path]:
+    images = []
+    with open(list_file, encoding="utf-8") as file:
+        for line, text in enumerate(file, start=1):
+            entry = text.strip()
+            if entry and not entry.startswith("#"):
+                images.append(_listed_image(entry, list_file, line))
+    if not images:
+        raise ValueError(
+            f"The list {str(list_file)!r} names no image: expected one image path per line "
+            "(blank lines and lines starting with # are ignored)."
+        )
+    return images
+
+
+def _images_in_csv_list(list_file: Path) -> list[Path]:
+    images = []
+    with open(list_file, encoding="utf-8", newline="") as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        if not header:
+            raise ValueError(
+                f"The CSV file {str(list_file)!r} is empty: expected a header row and one row "
+                "per image, with the paths in a column named path, image or file."
+            )
+        names = [name.strip().lower() for name in header]
+        column = next((names.index(name) for name in _CSV_PATH_COLUMNS if name in names), 0)
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            entry = row[column].strip() if column < len(row) else ""
+            if not entry:
+                raise ValueError(
+                    f"{list_file}, line {reader.line_num}: no path in column "
+                    f"{header[column]!r}; expected an image path in every row."
+                )
+            images.append(_listed_image(entry, list_file, reader.line_num))
+    if not images:
+        raise ValueError(
+            f"The CSV file {str(list_file)!r} names no image: expected one row per image below "
+            "the header."
+        )
+    return images
+
+
+def _input_names(images: list[Path] | np.ndarray, data: str | os.PathLike[str]) -> list[str]:
+    """One line per image for ``FILE.txt``: its path, or ``DATA[index]`` for array data sets."""
+    if isinstance(images, np.ndarray):
+        return [f"{data}[{index}]" for index in range(len(images))]
+    names = [str(path) for path in images]
+    for index, name in enumerate(names):
+        if "\n" in name or "\r" in name:
+            raise ValueError(
+                f"Image {index} has a line break in its path {name!r}, which the one-path-per-"
+                "line list beside the embeddings cannot hold; rename the file."
+            )
+    return names
+
+
+def _on_main_process(check: Any) -> Any:
+    """Run ``check()`` on rank 0 only; every rank returns its result or raises its error.
+
+    Under torchrun, a check of the file system that only one rank failed would leave the
+    others waiting for it in the first collective of training.
+    """
+    from .dino.distributed import broadcast_object, is_main_process
+
+    outcome: tuple[bool, Any] = (True, None)
+    if is_main_process():
+        try:
+            outcome = (True, check())
+        except (ValueError, OSError) as error:
+            outcome = (False, str(error))
+    succeeded, value = broadcast_object(outcome)
+    if not succeeded:
+        raise ValueError(value)
+    return value
+
+
+def _check_checkpoints(checkpoint_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint ``--resume`` continues from; refuse to mix runs either way."""
+    from .dino.trainer import list_checkpoints
+
+    checkpoints = list_checkpoints(checkpoint_dir)
+    if resume and not checkpoints:
+        raise ValueError(
+            f"--resume but no sparsam checkpoint in --checkpoint-dir {str(checkpoint_dir)!r}: "
+            "expected the checkpoint directory of an earlier run (drop --resume to start one)."
+        )
+    if not resume and checkpoints:
+        raise ValueError(
+            f"--checkpoint-dir {str(checkpoint_dir)!r} already holds {len(checkpoints)} sparsam "
+            f"checkpoint(s), newest {checkpoints[0].name}: pass --resume to continue that run, "
+            "or choose another --checkpoint-dir (or --out) to start a new one."
+        )
+    return checkpoints[0] if checkpoints else None
+
+
+def run_pretrain(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    params: dict[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> Any:
+    """DINO pretraining of a backbone on the images of ``data``; writes the result to ``out``.
+
+    ``out`` receives the teacher backbone in timm's Hub format (``config.json``,
+    ``model.safetensors`` and a model card, written by ``save_backbone``) and the fitted
+    featurizer as ``featurizer.joblib``. Under ``torchrun`` every process joins the process
+    group (``sparsam.dino.distributed.init_from_environment``) and trains on its own device;
+    only rank 0 writes ``out`` and prints.
+
+    Parameters
+    ----------
+    data : str or path-like
+        Anything `resolve_images` accepts.
+    out : str or path-like
+        Output directory (created if missing); sparsam's files in it are replaced, other files
+        are left alone.
+    root : str or path-like, optional
+        The download a data set name reads.
+    params : dict, optional
+        ``DinoFeaturizer`` parameters; its defaults for the others. ``checkpoint_dir`` is set
+        here.
+    checkpoint_dir : str or path-like, optional
+        Where training writes its checkpoints; ``out/checkpoints`` when omitted.
+    resume : bool, default=False
+        Continue from the newest checkpoint in ``checkpoint_dir``. Without it, a directory
+        that already holds checkpoints is refused, so that no run continues or overwrites
+        another by accident; with it, a directory without checkpoints is refused.
+
+    Returns
+    -------
+    featurizer : DinoFeaturizer
+        The fitted featurizer (on every rank).
+    """
+    import joblib
+    import torch.distributed
+
+    from ._files import atomic_write, check_writable_directory
+    from .backbones import save_backbone
+    from .dino import distributed
+    from .featurizer import DinoFeaturizer
+
+    out = Path(out)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
+    params = dict(params or {})
+    was_distributed = distributed.is_distributed()
+    device = distributed.init_from_environment(str(params.get("device", "auto")))
+    joined_here = distributed.is_distributed() and not was_distributed
+    try:
+        if distributed.is_distributed():
+            # Each rank trains on the device torchrun's LOCAL_RANK gives it.
+            params["device"] = str(device)
+        if not distributed.is_main_process():
+            params["verbose"] = 0  # one progress bar, not one per process
+        newest = _on_main_process(lambda: _check_checkpoints(checkpoint_dir, resume))
+        images = resolve_images(data, root)
+        # Before training, so that a read-only or misspelt --out fails now, not after hours.
+        _on_main_process(lambda: check_writable_directory(out, "--out"))
+        featurizer = DinoFeaturizer(**params, checkpoint_dir=checkpoint_dir)
+        if distributed.is_main_process():
+            print(
+                f"DINO on {len(images)} images from {data}"
+                + (f", resuming from {newest}" if newest is not None else "")
+                + (f", {distributed.world_size()} processes (torchrun)" if joined_here else "")
+            )
+        started = time.perf_counter()
+        featurizer.fit(images)
+        minutes = (time.perf_counter() - started) / 60
+        if distributed.is_main_process():
+            save_backbone(featurizer, out)
+            with atomic_write(out / "featurizer.joblib") as file:
+                joblib.dump(featurizer, file)
+            print(f"Wrote the backbone to {out} (config.json, model.safetensors, README.md)")
+            print(f"Wrote the fitted featurizer to {out / 'featurizer.joblib'}")
+            print(f"Checkpoints are in {checkpoint_dir}")
+            print(_training_summary(featurizer, minutes))
+    finally:
+        if joined_here:
+            torch.distributed.destroy_process_group()
+    return featurizer
+
+
+def _training_summary(featurizer: Any, minutes: float) -> str:
+    history = featurizer.history_
+    if not history.get("loss"):
+        return f"No DINO training (epochs={featurizer.epochs}): weights of {featurizer.pretrained}."
+    return (
+        f"DINO: {len(history['loss'])} epochs in {minutes:.1f} min; final loss "
+        f"{history['loss'][-1]:.3f}, teacher entropy {history['teacher_entropy'][-1]:.2f} "
+        f"(ln(out_dim) = {np.log(featurizer.out_dim):.2f} means collapse)"
+    )
+
+
+def run_embed(
+    data: str | os.PathLike[str],
+    backbone: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    architecture: str | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    num_workers: int | None = None,
+    chunk_size: int = 4096,
+    overwrite: bool = False,
+    verbose: int = 1,
+) -> Path:
+    """CLS embeddings of the images of ``data``, written chunk by chunk to a ``.npy`` file.
+
+    The embeddings go into a memory-mapped ``.npy`` file beside ``out``, ``chunk_size``
+    images at a time, so the embeddings of millions of images need no memory; it is renamed
+    to ``out`` once complete, together with ``out`` with suffix ``.txt``, which lists the
+    inputs one per line in row order (``DATA[index]`` for data sets of arrays). If embedding
+    fails, neither file is written or changed.
+
+    Parameters
+    ----------
+    data : str or path-like
+        Anything `resolve_images` accepts.
+    backbone : str or path-like
+        A ``featurizer.joblib`` file (a fitted ``DinoFeaturizer``, as ``sparsam pretrain``
+        writes), or anything ``DinoFeaturizer(pretrained=...)`` loads: a directory written by
+        ``save_backbone`` or ``sparsam pretrain``, ``"hf-hub:org/name"``, ``"bm"``, ``"endo"``,
+        ``"isic"`` or ``"imagenet"`` (with ``architecture``).
+    out : str or path-like
+        The ``.npy`` file; its folder is created if missing.
+    root : str or path-like, optional
+        The download a data set name reads.
+    architecture : str, optional
+        timm model name for ``"imagenet"``; the featurizer's default when omitted.
+    image_size, batch_size, num_workers : int, optional
+        Featurizer settings; its defaults (or the saved featurizer's) when omitted.
+        ``image_size`` cannot change a saved featurizer.
+    device, precision : str, optional
+        Featurizer device and precision (``"auto"``, ``"fp32"``, ``"bf16"``).
+    chunk_size : int, default=4096
+        Images embedded per ``transform`` call.
+    overwrite : bool, default=False
+        Replace existing output files instead of refusing.
+    verbose : int, default=1
+        Featurizer verbosity.
+
+    Returns
+    -------
+    out : Path
+    """
+    from numpy.lib.format import open_memmap
+
+    from ._files import atomic_write, check_writable_directory
+
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise ValueError(f"--out {str(out)!r}: expected a file name ending in .npy.")
+    if chunk_size < 1:
+        raise ValueError(f"--chunk-size {chunk_size}: expected a positive number of images.")
+    listing = out.with_suffix(".txt")
+    for path in (out, listing):
+        if path.exists() and not overwrite:
+            raise ValueError(
+                f"{path} exists; pass --overwrite to replace it, or choose another --out."
+            )
+    images = resolve_images(data, root)
+    names = _input_names(images, data)
+    check_writable_directory(out.parent, "--out folder")
+    featurizer = _embedding_featurizer(
+        backbone,
+        images[:1],
+        architecture=architecture,
+        image_size=image_size,
+        settings={
+            "batch_size": batch_size,
+            "device": device,
+            "precision": precision,
+            "num_workers": num_workers,
+        },
+        verbose=verbose,
+    )
+    temporary = _reserve_beside(out)
+    try:
+        embeddings = open_memmap(
+            temporary, mode="w+", dtype=np.float32, shape=(len(images), featurizer.n_features_out_)
+        )
+        for start in range(0, len(images), chunk_size):
+            stop = min(start + chunk_size, len(images))
+            embeddings[start:stop] = featurizer.transform(images[start:stop])
+            if verbose and len(images) > chunk_size:
+                print(f"embedded {stop}/{len(images)} images", file=sys.stderr)
+        embeddings.flush()
+        shape = embeddings.shape
+        # Unmap before the rename: Windows cannot rename a mapped file.
+        del embeddings
+        with atomic_write(listing, "w") as file:
+            file.write("".join(f"{name}\n" for name in names))
+            os.replace(temporary, out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    print(f"Wrote {shape[0]} embeddings of {shape[1]} features to {out}; inputs in {listing}")
+    return out
+
+
+def _reserve_beside(path: Path) -> Path:
+    """A new, empty hidden file next to ``path`` (created with the umask, as ``open`` does)."""
+    while True:
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
+
+
+def _embedding_featurizer(
+    backbone: str | os.PathLike[str],
+    first_image: Any,
+    *,
+    architecture: str | None,
+    image_size: int | None,
+    settings: dict[str, Any],
+    verbose: int,
+) -> Any:
+    """A fitted featurizer from a joblib file, or one that loads ``backbone`` as pretrained."""
+    import joblib
+
+    from .featurizer import DinoFeaturizer
+
+    settings = {name: value for name, value in settings.items() if value is not None}
+    settings["verbose"] = verbose
+    if Path(backbone).is_file():
+        if image_size is not None or architecture is not None:
+            raise ValueError(
+                f"--backbone {backbone} is a saved featurizer, which embeds at the image size "
+                "and with the architecture it was fitted with: drop --image-size and --arch."
+            )
+        featurizer = joblib.load(backbone)
+        if not isinstance(featurizer, DinoFeaturizer) or not hasattr(featurizer, "backbone_"):
+            raise ValueError(
+                f"--backbone {backbone} does not hold a fitted DinoFeaturizer: expected a "
+                "featurizer.joblib written by sparsam pretrain, or a backbone directory."
+            )
+        return featurizer.set_params(**settings)
+    if architecture is not None:
+        settings["backbone"] = architecture
+    if image_size is not None:
+        settings["image_size"] = image_size
+    # epochs=0: fit only loads the weights; the one image passes fit's input checks.
+    return DinoFeaturizer(pretrained=str(backbone), epochs=0, **settings).fit(first_image)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--backbone-kwargs``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid JSON ({error.msg}); expected an object such as "
+            '\'{"depth": 4, "embed_dim": 96}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a JSON {type(value).__name__}; expected an object such as "
+            '\'{"depth": 4, "embed_dim": 96}\''
+        )
+    return value
+
+
+_DATA_HELP = (
+    "a folder of images (searched recursively), a .txt file with one image path per line, a "
+    "CSV file with a 'path' column, or a data set name with --root: " + ", ".join(EVALUATE_DATASETS)
+)
+# `sparsam pretrain` options that are DinoFeaturizer parameters of the same name; those the
+# user leaves out keep the featurizer's defaults.
+_PRETRAIN_PARAMETERS = (
+    "backbone",
+    "backbone_kwargs",
+    "pretrained",
+    "image_size",
+    "local_crop_size",
+    "local_crops",
+    "epochs",
+    "batch_size",
+    "lr",
+    "out_dim",
+    "koleo_weight",
+    "device",
+    "precision",
+    "num_workers",
+    "checkpoint_every",
+)
+_IN_MEMORY = {"auto": "auto", "yes": True, "no": False}
+
+
+def _add_pretrain_parser(commands: Any) -> None:
+    import inspect
+
+    from .featurizer import DinoFeaturizer
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(DinoFeaturizer).parameters.items()
+    }
+
+    def default(name: str) -> str:
+        return f"(default: {defaults[name]})" if name in defaults else ""
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="DINO self-supervised pretraining on your unlabeled images",
+        description=(
+            "Train a timm backbone with DINO on the images of DATA (labels are never read) "
+            "and write it to --out in timm's Hub format (config.json, model.safetensors, "
+            "README.md), with the fitted featurizer as featurizer.joblib. Checkpoints go to "
+            "--checkpoint-dir; --resume continues an interrupted run. For several GPUs: "
+            "torchrun --nproc-per-node N -m sparsam pretrain ... (--batch-size is per process)."
+        ),
+    )
+    pretrain.add_argument("data", metavar="DATA", help=_DATA_HELP)
+    pretrain.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    pretrain.add_argument("--root", default=None, help="the download a data set name reads")
+    pretrain.add_argument(
+        "--backbone", metavar="NAME", help=f"timm model name {default('backbone')}"
+    )
+    pretrain.add_argument(
+        "--backbone-kwargs",
+        type=_json_object,
+        metavar="JSON",
+        help="timm.create_model arguments as a JSON object, e.g. '{\"depth\": 4}'",
+    )
+    pretrain.add_argument(
+        "--pretrained",
+        metavar="SPEC",
+        help="starting weights: imagenet, bm, endo, isic, hf-hub:org/name or a directory "
+        "(default: random)",
+    )
+    integers = {
+        "--image-size": "side of the global crops (default: the backbone's input size)",
+        "--local-crop-size": f"side of the local crops {default('local_crop_size')}",
+        "--local-crops": f"local crops per image {default('local_crops')}",
+        "--epochs": f"DINO epochs {default('epochs')}",
+        "--batch-size": f"images per step and process {default('batch_size')}",
+        "--out-dim": f"prototypes of the DINO head {default('out_dim')}",
+        "--num-workers": f"DataLoader workers that decode images {default('num_workers')}",
+        "--checkpoint-every": f"steps between mid-epoch checkpoints {default('checkpoint_every')}",
+    }
+    for option, text in integers.items():
+        pretrain.add_argument(option, type=int, metavar="N", help=text)
+    pretrain.add_argument(
+        "--lr", type=float, help=f"base learning rate for a batch of 256 {default('lr')}"
+    )
+    pretrain.add_argument(
+        "--koleo-weight",
+        type=float,
+        metavar="WEIGHT",
+        help=f"weight of the KoLeo regulariser, 0 for the paper's loss {default('koleo_weight')}",
+    )
+    pretrain.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    pretrain.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
+    pretrain.add_argument(
+        "--in-memory",
+        choices=sorted(_IN_MEMORY),
+        help="decode all images into memory once (yes), stream them from disk each epoch "
+        "(no), or decide by their size (auto, the default)",
+    )
+    pretrain.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: OUT/checkpoints)"
+    )
+    pretrain.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --checkpoint-dir (same DATA and options)",
+    )
+    pretrain.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="random_state; --resume needs the same (default: 0)",
+    )
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_embed_parser(commands: Any) -> None:
+    embed = commands.add_parser(
+        "embed",
+        help="CLS embeddings of many images into a .npy file",
+        description=(
+            "Embed the images of DATA with a pretrained backbone and write the embeddings, one "
+            "row per image, to FILE.npy (memory-mapped, chunk by chunk, so millions of images "
+            "need no memory), and the inputs in row order to FILE.txt. Load them with "
+            "numpy.load(FILE, mmap_mode='r')."
+        ),
+    )
+    embed.add_argument("data", metavar="DATA", help=_DATA_HELP)
+    embed.add_argument(
+        "--backbone",
+        required=True,
+        metavar="SPEC",
+        help="a directory written by sparsam pretrain or save_backbone, its featurizer.joblib, "
+        "hf-hub:org/name, bm, endo, isic, or imagenet with --arch",
+    )
+    embed.add_argument("--out", required=True, metavar="FILE.npy", help="the embeddings file")
+    embed.add_argument("--root", default=None, help="the download a data set name reads")
+    embed.add_argument("--arch", metavar="NAME", help="timm model name for --backbone imagenet")
+    embed.add_argument(
+        "--image-size", type=int, metavar="N", help="input size (default: the backbone's)"
+    )
+    embed.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass")
+    embed.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    embed.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
+    embed.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers")
+    embed.add_argument(
+        "--chunk-size",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="images per transform call, written to the file at once (default: 4096)",
+    )
+    embed.add_argument(
+        "--overwrite", action="store_true", help="replace existing FILE.npy and FILE.txt"
+    )
+    embed.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _pretrain_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The DinoFeaturizer parameters the user gave on the ``pretrain`` command line."""
+    params = {
+        name: getattr(args, name)
+        for name in _PRETRAIN_PARAMETERS
+        if getattr(args, name) is not None
+    }
+    if args.in_memory is not None:
+        params["in_memory"] = _IN_MEMORY[args.in_memory]
+    params["random_state"] = args.seed
+    params["verbose"] = 0 if args.quiet else 1
+    return params
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsam`` console script."""
     parser = argparse.ArgumentParser(prog="sparsam", description=__doc__)
@@ -406,6 +1067,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Hub token with write access (default: HF_TOKEN or the `hf auth login` token)",
     )
     push.add_argument("--message", default=None, help="commit message")
+    _add_pretrain_parser(commands)
+    _add_embed_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -413,6 +1076,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"sparsam {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Training has logged what it saved and how to resume; no traceback on top of it.
+        print(f"sparsam {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -457,6 +1124,31 @@ def _run_command(args: argparse.Namespace) -> None:
             **options,
         )
         print(f"Pushed {args.directory} to {args.repo_id}: {url}")
+    elif args.command == "pretrain":
+        run_pretrain(
+            args.data,
+            args.out,
+            root=args.root,
+            params=_pretrain_parameters(args),
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume,
+        )
+    elif args.command == "embed":
+        run_embed(
+            args.data,
+            args.backbone,
+            args.out,
+            root=args.root,
+            architecture=args.arch,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision,
+            num_workers=args.num_workers,
+            chunk_size=args.chunk_size,
+            overwrite=args.overwrite,
+            verbose=0 if args.quiet else 1,
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from .backbones import backbone_data_config, create_backbone, load_backbone
-from .data import ImageSource, as_image_source, iter_batches, load_images
+from .data import ImageSource, as_image_source, iter_batches
 from .data.cache import (
     EmbeddingStore,
     cache_location,
@@ -28,6 +28,7 @@ from .data.cache import (
     subset_source,
     weights_digest,
 )
+from .data.training import training_images
 from .dino.augment import MultiCropAugmentation, normalize
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
@@ -63,7 +64,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     epochs : int, default=100
         Epochs of DINO training; 0 trains nothing and only loads ``pretrained``.
     batch_size : int, default=64
-        Images per step (also per embedding batch in ``transform``).
+        Images per step, per process in a ``torch.distributed`` process group (also per
+        embedding batch in ``transform``).
     image_size : int or None, default=None
         Every image is resized to this square size; global crops have this size. None takes
         the input size from the backbone's configuration, as timm does: the ``input_size``
@@ -150,13 +152,35 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX),
         fp32 elsewhere.
     num_workers : int, default=0
-        DataLoader workers that decode image files.
+        DataLoader worker processes that decode and resize image files (in ``fit`` and
+        ``transform``), so that decoding overlaps training on the GPU. 0 decodes in this
+        process.
+    in_memory : bool or "auto", default="auto"
+        True decodes all training images once into one uint8 tensor of
+        ``n x 3 x image_size²`` bytes; False streams them: every batch is read, decoded and
+        resized when it is needed (in ``num_workers`` processes, pinned memory and two
+        batches of prefetching per worker on a GPU), so memory stays bounded by workers x
+        prefetch x batch whatever the number of images. "auto" keeps the decoded set in
+        memory up to 1 GiB (``sparsam.data.training.IN_MEMORY_LIMIT_BYTES``; 85,000 images
+        at 64 px, 7,000 at 224 px) and streams above. Both give the same batches, bit for
+        bit. Stream with ``num_workers >= 1``: decoding in this process runs in series with
+        training (a 64 px PNG took 0.5 ms to decode and resize on a 2-core AMD EPYC, and
+        streaming with ``num_workers=0`` trained a tiny ViT at 0.71x the in-memory rate, with
+        one worker at 0.91x; ``benchmarks/RESULTS.md``).
     checkpoint_dir : path-like, optional
-        Training writes a checkpoint there after each epoch (atomically) and resumes from it
-        after an interruption. The checkpoint records what identifies the run (seed, a
-        fingerprint of the decoded images, the starting weights and every training
-        setting); ``fit`` refuses one written by another run with an error naming what
-        differs, and refuses an unreadable file or an unwritable directory before training.
+        Training writes checkpoints ``dino_checkpoint_<step>.pt`` there (atomically) after
+        every epoch and every ``checkpoint_every`` steps, keeps the newest three, and
+        resumes from the newest after an interruption, mid-epoch included; a newest file
+        that cannot be read (truncated) is skipped, with a warning, for the one before.
+        Ctrl-C during ``fit`` finishes the current step, writes a checkpoint and says how to
+        resume. A checkpoint records what identifies the run (seed, the images, the starting
+        weights, the number of processes and every training setting); ``fit`` refuses one
+        written by another run with an error naming what differs, and refuses an unwritable
+        directory before training. In a process group only rank 0 writes, and every rank
+        reads the same directory (a shared file system across nodes).
+    checkpoint_every : int or None, default=1000
+        Steps between mid-epoch checkpoints (with ``checkpoint_dir``); None checkpoints at
+        epoch ends only.
     memory : str, path-like, joblib.Memory or None, default=None
         Directory in which ``transform`` caches embeddings, one file per image below
         ``<memory>/sparsam-embeddings/``; a ``joblib.Memory`` stands for its ``location``
@@ -195,6 +219,15 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         SHA-256 of ``backbone_`` (architecture and state dict) and ``data_config_`` at the
         end of ``fit``; it keys the cache of ``memory``. Delete it after changing
         ``backbone_`` in place, and ``transform`` computes it afresh.
+
+    Notes
+    -----
+    ``fit`` called in every process of an initialised ``torch.distributed`` process group
+    (``torchrun``; ``sparsam pretrain`` joins it for you) trains one model together: the
+    student in DistributedDataParallel, each image once per epoch across the processes,
+    ``batch_size`` per process and ``lr`` scaled from the global batch, SyncBatchNorm on
+    GPUs, checkpoints written by rank 0 only. Every process ends with the same
+    ``backbone_``. Pass the same images and ``random_state`` to every process.
 
     Examples
     --------
@@ -253,7 +286,9 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "device": [str, torch.device],
         "precision": [StrOptions({"auto", "fp32", "bf16"})],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "in_memory": ["boolean", StrOptions({"auto"})],
         "checkpoint_dir": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
         "memory": [str, os.PathLike, joblib.Memory, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -306,7 +341,9 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         device: str | torch.device = "auto",
         precision: str = "auto",
         num_workers: int = 0,
+        in_memory: bool | str = "auto",
         checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = 1000,
         memory: str | os.PathLike | joblib.Memory | None = None,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
@@ -355,7 +392,9 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.device = device
         self.precision = precision
         self.num_workers = num_workers
+        self.in_memory = in_memory
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
         self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
@@ -414,9 +453,15 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 device,
                 resolve_precision(self.precision, device),
                 self.checkpoint_dir,
+                self.checkpoint_every,
             )
-            images = load_images(
-                source, self.data_config_["image_size"], self.batch_size, self.num_workers
+            images = training_images(
+                source,
+                self.data_config_["image_size"],
+                self.in_memory,
+                self.batch_size,
+                self.num_workers,
+                pin_memory=device.type == "cuda",
             )
             generator = torch.Generator().manual_seed(seed)
             with tqdm(
@@ -483,8 +528,16 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         backbone = self.backbone_.to(device)
         autocast_dtype = resolve_precision(self.precision, device)
         config = self.data_config_
-        batches = iter_batches(source, config["image_size"], self.batch_size, self.num_workers)
-        embeddings = []
+        batches = iter_batches(
+            source,
+            config["image_size"],
+            self.batch_size,
+            self.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        # Filled batch by batch: a list of batches and a concatenation would hold it twice.
+        embeddings = np.empty((len(source), self.n_features_out_), dtype=np.float32)
+        start = 0
         with (
             torch.inference_mode(),
             torch.autocast(
@@ -500,9 +553,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 unit="batch",
                 disable=not self.verbose,
             ):
-                images = normalize(batch.to(device), config["mean"], config["std"])
-                embeddings.append(backbone(images).float().cpu())
-        return torch.cat(embeddings).numpy()
+                images = normalize(
+                    batch.to(device, non_blocking=True), config["mean"], config["std"]
+                )
+                embeddings[start : start + len(batch)] = backbone(images).float().cpu().numpy()
+                start += len(batch)
+        return embeddings
 
     @property
     def _n_features_out(self) -> int:

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny DinoFeaturizer configuration and tiny images, fast on two CPU cores."""
 
+import contextlib
 import copy
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from sparsam import DinoFeaturizer
+from sparsam.dino import DinoTrainer
 
 # A 1-block, 32-wide ViT on 16 px images: one epoch on 40 images fits in well under a second.
 TINY_PARAMS = {
@@ -98,3 +100,25 @@ def tiny_images(tiny_labels):
 def fitted_featurizer(tiny_images):
     """A DinoFeaturizer fitted once per module with the tiny parameters; do not modify it."""
     return DinoFeaturizer(**copy.deepcopy(TINY_PARAMS)).fit(tiny_images)
+
+
+@contextlib.contextmanager
+def _recording_steps():
+    epochs = []
+    original = DinoTrainer.train_step
+
+    def recording_step(self, images, generator, epoch, values):
+        epochs.append(epoch)
+        return original(self, images, generator, epoch, values)
+
+    DinoTrainer.train_step = recording_step
+    try:
+        yield epochs
+    finally:
+        DinoTrainer.train_step = original
+
+
+@pytest.fixture
+def recording_steps():
+    """``with recording_steps() as epochs:`` lists the epoch of every DINO step trained inside."""
+    return _recording_steps

@@ -294,7 +294,10 @@ def test_resuming_with_other_augmentation_settings_names_them(tmp_path):
     second = tiny_trainer(epochs=1)
     second.checkpoint_dir = tmp_path
     second.augmentation.rotation = 30.0
-    with pytest.raises(ValueError, match=r"dino_checkpoint\.pt.*augmentation"):
+    with pytest.raises(
+        ValueError,
+        match=r"dino_checkpoint_\d+\.pt.*augmentation.rotation: 0.0 in the checkpoint, 30.0 now",
+    ):
         second.fit(images, torch.Generator().manual_seed(0))
 
 

@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 import sparsam.featurizer
 from sparsam import DinoFeaturizer
-from sparsam.dino.trainer import CHECKPOINT_NAME, DinoTrainer
+from sparsam.dino.trainer import DinoTrainer, list_checkpoints
 
 HISTORY_KEYS = {
     "loss",
@@ -387,7 +387,7 @@ def test_fit_logs_one_dino_epoch_line_per_epoch(tiny_params, tiny_images, caplog
 def test_fit_with_checkpoint_dir_writes_checkpoint(tiny_params, tiny_images, tmp_path):
     DinoFeaturizer(**{**tiny_params, "checkpoint_dir": tmp_path}).fit(tiny_images)
 
-    assert (tmp_path / CHECKPOINT_NAME).is_file()
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["dino_checkpoint_000000002.pt"]
 
 
 def test_fit_resumes_from_finished_checkpoint_without_training(
@@ -421,7 +421,7 @@ def test_checkpoint_with_different_settings_raises_value_error_naming_it(
     DinoFeaturizer(**{**tiny_params, "checkpoint_dir": tmp_path}).fit(tiny_images)
     featurizer = DinoFeaturizer(**{**tiny_params, **changed, "checkpoint_dir": tmp_path})
 
-    with pytest.raises(ValueError, match=CHECKPOINT_NAME):
+    with pytest.raises(ValueError, match="dino_checkpoint_"):
         featurizer.fit(tiny_images)
 
 

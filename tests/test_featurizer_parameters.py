@@ -15,7 +15,7 @@ def no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("images were decoded before the parameters were checked")
 
-    monkeypatch.setattr("sparsam.featurizer.load_images", refuse)
+    monkeypatch.setattr("sparsam.featurizer.training_images", refuse)
     monkeypatch.setattr("sparsam.featurizer.iter_batches", refuse)
 
 

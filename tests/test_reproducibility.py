@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from sparsam import DinoFeaturizer
-from sparsam.dino import DinoTrainer
-from sparsam.dino.trainer import CHECKPOINT_NAME
+from sparsam.dino.trainer import list_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::sparsam.dino.CollapseWarning")
 
@@ -60,14 +59,15 @@ FIT_SCRIPT = textwrap.dedent(
     from sparsam.dino import DinoTrainer
 
     params = {params!r}
-    kill_after_epoch = {kill_after_epoch!r}
-    if kill_after_epoch is not None:
+    kill_at = {kill_at!r}
+    if kill_at is not None:
         save = DinoTrainer._save_checkpoint
 
-        def save_then_die(self, epoch, *args, **kwargs):
-            save(self, epoch, *args, **kwargs)
-            if epoch == kill_after_epoch:
+        def save_then_die(self, position, *args, **kwargs):
+            path = save(self, position, *args, **kwargs)
+            if (position.epoch, position.step) == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            return path
 
         DinoTrainer._save_checkpoint = save_then_die
     rng = np.random.default_rng(0)
@@ -79,9 +79,10 @@ FIT_SCRIPT = textwrap.dedent(
 )
 
 
-def run_fit(tmp_path, name, params, kill_after_epoch=None):
+def run_fit(tmp_path, name, params, kill_at=None):
+    """Fit in a fresh interpreter; ``kill_at=(epoch, step)`` SIGKILLs it after that checkpoint."""
     script = tmp_path / f"{name}.py"
-    script.write_text(FIT_SCRIPT.format(params=params, kill_after_epoch=kill_after_epoch))
+    script.write_text(FIT_SCRIPT.format(params=params, kill_at=kill_at))
     output = tmp_path / f"{name}.npy"
     result = subprocess.run(
         [sys.executable, str(script), str(output)], capture_output=True, text=True, timeout=300
@@ -99,28 +100,22 @@ def test_a_fresh_process_gives_bit_identical_embeddings(tmp_path, small_xcit_par
 
 
 def test_run_killed_and_resumed_equals_an_uninterrupted_run(
-    tmp_path, monkeypatch, small_xcit_params, tiny_images
+    tmp_path, recording_steps, small_xcit_params, tiny_images
 ):
     small_xcit_params["epochs"] = 3
     checkpoint_dir = tmp_path / "checkpoints"
     killed, _ = run_fit(
-        tmp_path, "killed", {**small_xcit_params, "checkpoint_dir": str(checkpoint_dir)}, 1
+        tmp_path, "killed", {**small_xcit_params, "checkpoint_dir": str(checkpoint_dir)}, (2, 0)
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    saved = torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)
-    assert saved["epoch"] == 1
+    saved = torch.load(list_checkpoints(checkpoint_dir)[0], weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (2, 0)
 
-    steps = []
-    original = DinoTrainer.train_step
-
-    def counting_step(self, images, generator, epoch, values):
-        steps.append(epoch)
-        return original(self, images, generator, epoch, values)
-
-    monkeypatch.setattr(DinoTrainer, "train_step", counting_step)
-    resumed = DinoFeaturizer(**small_xcit_params, checkpoint_dir=checkpoint_dir).fit(tiny_images)
+    with recording_steps() as steps:
+        resumed = DinoFeaturizer(**small_xcit_params, checkpoint_dir=checkpoint_dir).fit(
+            tiny_images
+        )
     assert set(steps) == {2}, "the resumed run must train only the epoch the kill cut off"
-    monkeypatch.setattr(DinoTrainer, "train_step", original)
     uninterrupted = DinoFeaturizer(**small_xcit_params).fit(tiny_images)
     np.testing.assert_array_equal(
         resumed.transform(tiny_images), uninterrupted.transform(tiny_images)
@@ -186,7 +181,7 @@ def test_checkpoint_of_other_starting_weights_is_refused(finished_checkpoint, ti
 def test_unreadable_checkpoint_names_the_file_and_the_remedy(
     finished_checkpoint, tiny_images, damage
 ):
-    path = finished_checkpoint["checkpoint_dir"] / CHECKPOINT_NAME
+    path = list_checkpoints(finished_checkpoint["checkpoint_dir"])[0]
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(ValueError) as error:
         DinoFeaturizer(**finished_checkpoint).fit(tiny_images)
@@ -197,7 +192,7 @@ def test_unreadable_checkpoint_names_the_file_and_the_remedy(
 
 
 def test_checkpoint_that_is_not_sparsams_is_refused(finished_checkpoint, tiny_images):
-    path = finished_checkpoint["checkpoint_dir"] / CHECKPOINT_NAME
+    path = list_checkpoints(finished_checkpoint["checkpoint_dir"])[0]
     torch.save({"model": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="lacks epoch"):
         DinoFeaturizer(**finished_checkpoint).fit(tiny_images)
@@ -210,7 +205,7 @@ def test_unwritable_checkpoint_dir_fails_before_decoding(tmp_path, monkeypatch, 
     def no_decoding(*args, **kwargs):
         raise AssertionError("images were decoded before checkpoint_dir was checked")
 
-    monkeypatch.setattr("sparsam.featurizer.load_images", no_decoding)
+    monkeypatch.setattr("sparsam.featurizer.training_images", no_decoding)
     with pytest.raises(ValueError, match=r"checkpoint_dir=.*a-file.*not a writable directory"):
         DinoFeaturizer(**tiny_params, checkpoint_dir=blocker / "run").fit(np.zeros((4, 8, 8)))
 
@@ -221,6 +216,29 @@ def test_checkpoint_is_written_with_the_users_umask(tmp_path, tiny_params, tiny_
         DinoFeaturizer(**tiny_params, checkpoint_dir=tmp_path / "run").fit(tiny_images)
     finally:
         os.umask(previous)
-    mode = stat.S_IMODE((tmp_path / "run" / CHECKPOINT_NAME).stat().st_mode)
-    assert mode == 0o644
-    assert [p.name for p in (tmp_path / "run").iterdir()] == [CHECKPOINT_NAME]
+    (checkpoint,) = list_checkpoints(tmp_path / "run")
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [checkpoint.name]
+
+
+def test_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(
+    tmp_path, recording_steps, small_xcit_params, tiny_images
+):
+    # 40 images, batch 16: 2 steps per epoch; the kill comes after step 1 of epoch 2.
+    small_xcit_params.update(epochs=3, checkpoint_every=1)
+    checkpoint_dir = tmp_path / "checkpoints"
+    killed, _ = run_fit(
+        tmp_path, "killed", {**small_xcit_params, "checkpoint_dir": str(checkpoint_dir)}, (1, 1)
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list_checkpoints(checkpoint_dir)[0].name == "dino_checkpoint_000000003.pt"
+
+    with recording_steps() as steps:
+        resumed = DinoFeaturizer(**small_xcit_params, checkpoint_dir=checkpoint_dir).fit(
+            tiny_images
+        )
+    assert steps == [1, 2, 2], "the second step of epoch 2, then epoch 3"
+    uninterrupted = DinoFeaturizer(**small_xcit_params).fit(tiny_images)
+    for name, tensor in uninterrupted.backbone_.state_dict().items():
+        assert torch.equal(resumed.backbone_.state_dict()[name], tensor), name
+    assert resumed.history_["loss"] == uninterrupted.history_["loss"]

@@ -180,7 +180,11 @@ def as_image_source(X: Any) -> ImageSource:
 
 
 def iter_batches(
-    source: ImageSource | Any, image_size: int, batch_size: int, num_workers: int = 0
+    source: ImageSource | Any,
+    image_size: int,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Iterate over the images in order as uint8 batches resized to ``image_size x image_size``.
 
@@ -198,7 +202,10 @@ def iter_batches(
     batch_size : int
         Number of images per batch; the last batch may be smaller.
     num_workers : int, default=0
-        Number of worker processes; 0 decodes in the calling process.
+        Number of worker processes; 0 decodes in the calling process. Each worker prepares
+        two batches ahead.
+    pin_memory : bool, default=False
+        Return batches in page-locked memory, for fast asynchronous copies to a GPU.
 
     Returns
     -------
@@ -224,6 +231,7 @@ def iter_batches(
         batch_size=int(batch_size),
         shuffle=False,
         num_workers=int(num_workers),
+        pin_memory=pin_memory,
         persistent_workers=False,
         # Its own generator: a DataLoader otherwise draws its workers' base seed from torch's
         # global generator, and decoding would change the caller's random numbers.

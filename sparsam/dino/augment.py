@@ -185,7 +185,14 @@ class MultiCropAugmentation:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        *,
+        sample_offset: int = 0,
+        total_samples: int | None = None,
+    ) -> list[torch.Tensor]:
         """Return the augmented crops of a batch, global crops first.
 
         Parameters
@@ -195,6 +202,11 @@ class MultiCropAugmentation:
         generator : torch.Generator
             Source of every random choice. It may live on the images' device or on the CPU (the
             draws are then moved to the images' device).
+        sample_offset, total_samples : int, optional
+            The batch is the part ``[sample_offset, sample_offset + b)`` of a larger batch of
+            ``total_samples`` images (one rank's slice of a distributed global batch): the
+            random choices are drawn for all ``total_samples`` and this part's are used, so
+            the ranks together augment exactly as one process would augment the whole batch.
 
         Returns
         -------
@@ -206,10 +218,20 @@ class MultiCropAugmentation:
         self._validate_parameters()
         _check_images(images)
         batch = images.shape[0]
+        total_samples = batch if total_samples is None else total_samples
+        if not 0 <= sample_offset <= total_samples - batch:
+            raise ValueError(
+                f"A batch of {batch} images at sample_offset={sample_offset} does not fit in "
+                f"total_samples={total_samples}."
+            )
         n_crops = self.global_crops + self.local_crops
         uniform = torch.rand(
-            n_crops, batch, sum(_DRAWS.values()), generator=generator, device=generator.device
-        ).to(images.device)
+            n_crops,
+            total_samples,
+            sum(_DRAWS.values()),
+            generator=generator,
+            device=generator.device,
+        )[:, sample_offset : sample_offset + batch].to(images.device)
         pixels = _to_unit_float(images)
         # DINO: blur_p[0] on the first global crop, blur_p[1] on the second, solarization on the
         # second only; further global crops are treated like the second.

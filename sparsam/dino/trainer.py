@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
 import math
 import os
 import pickle
+import re
+import signal
+import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,16 +23,70 @@ from torch import nn
 
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
+from ..data.training import TrainingImages
 from .augment import MultiCropAugmentation
+from .distributed import (
+    average_batchnorm_statistics,
+    broadcast_object,
+    gather_objects,
+    is_distributed,
+    is_main_process,
+    rank,
+    to_batchnorm,
+    to_sync_batchnorm,
+    world_size,
+)
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss, koleo_loss
 from .schedules import cosine_schedule, warmup_then_constant
 
-__all__ = ["CollapseWarning", "DinoTrainer", "TrainingConfig", "resolve_precision"]
+__all__ = [
+    "CheckpointWarning",
+    "CollapseWarning",
+    "DinoTrainer",
+    "TrainingConfig",
+    "list_checkpoints",
+    "resolve_precision",
+]
 
 logger = logging.getLogger("sparsam")
 
-CHECKPOINT_NAME = "dino_checkpoint.pt"
+# dino_checkpoint_<global steps done, 9 digits>.pt: names sort by age, and only files named so
+# are ever resumed from or pruned.
+CHECKPOINT_PATTERN = re.compile(r"dino_checkpoint_(\d{9})\.pt")
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint written after ``step`` global steps."""
+    return f"dino_checkpoint_{step:09d}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """sparsam's checkpoint files in ``directory``, newest first; [] when there are none.
+
+    Parameters
+    ----------
+    directory : path-like
+        A ``checkpoint_dir``; need not exist.
+
+    Returns
+    -------
+    list of Path
+        Files named ``dino_checkpoint_<step>.pt``, by decreasing step.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = CHECKPOINT_PATTERN.fullmatch(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+class CheckpointWarning(UserWarning):
+    """The newest checkpoint could not be read, and an older one was resumed instead."""
 
 
 class CollapseWarning(UserWarning):
@@ -115,10 +171,19 @@ class DinoTrainer:
     autocast_dtype : torch.dtype or None
         bf16 autocast when given, fp32 otherwise.
     checkpoint_dir : path-like or None
-        When given, a checkpoint is written there after every epoch (atomically: a temporary
-        file renamed into place), and training resumes from it when it exists and was written
-        by the same run: same seed, same images, same starting weights and the same settings.
-        The directory must be writable; this is checked here, before any training.
+        When given, checkpoints ``dino_checkpoint_<step>.pt`` are written there after every
+        epoch and every ``checkpoint_every`` steps (atomically: a temporary file renamed into
+        place; by rank 0 only), the newest ``checkpoint_keep`` are kept, and training resumes
+        from the newest one, mid-epoch included, when it was written by the same run: same
+        seed, same images, same starting weights, same number of processes and the same
+        settings. A newest checkpoint that cannot be read (truncated, corrupt) is skipped
+        with a `CheckpointWarning` for the one before it. The directory must be writable;
+        this is checked here, before any training. Ctrl-C during ``fit`` finishes the step,
+        writes a checkpoint and raises KeyboardInterrupt saying how to resume.
+    checkpoint_every : int or None, default=None
+        Steps between mid-epoch checkpoints; None writes them at epoch ends only.
+    checkpoint_keep : int, default=3
+        How many of the newest checkpoints to keep; older ones of this directory are removed.
 
     Attributes
     ----------
@@ -139,14 +204,27 @@ class DinoTrainer:
         device: torch.device,
         autocast_dtype: torch.dtype | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_keep: int = 3,
     ) -> None:
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every!r}.")
+        if checkpoint_keep < 1:
+            raise ValueError(f"checkpoint_keep must be >= 1, got {checkpoint_keep!r}.")
         if config.clip_grad_mode not in ("per_parameter", "global"):
             raise ValueError(
                 "clip_grad_mode must be 'per_parameter' or 'global', "
                 f"got {config.clip_grad_mode!r}."
             )
         self.config = config
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_keep = checkpoint_keep
+        self._distributed_student: nn.Module | None = None
+        self._step = 0
+        self._shard: tuple[int, int | None] = (0, None)
         self.autocast_dtype = autocast_dtype
         self.augmentation = augmentation
         self.loss = loss.to(device)
@@ -165,91 +243,140 @@ class DinoTrainer:
 
     def fit(
         self,
-        images: torch.Tensor,
+        images: TrainingImages | torch.Tensor,
         generator: torch.Generator,
         progress: Callable[[int, dict[str, float]], None] | None = None,
     ) -> dict[str, list[float]]:
-        """Train on uint8 images (n, 3, H, W); returns the history.
+        """Train on the images; returns the history.
 
-        ``generator`` draws every random choice (batch order and augmentations) and seeds
-        torch's global CPU and CUDA generators, from which timm's drop-path draws, for the
-        duration of the fit; the caller's global generator states are restored afterwards.
-        The same seed on the CPU thus gives the same weights bit for bit, with or without
-        drop-path, and a run resumed from a checkpoint equals an uninterrupted one.
-        ``progress`` is called after every epoch with the epoch index and that epoch's
-        history row.
+        ``images`` are uint8 images (n, 3, H, W) in one tensor, or a
+        `sparsam.data.training.TrainingImages` that decodes its batches from their files as
+        they are needed. ``generator`` draws every random choice (batch order and
+        augmentations) and seeds torch's global CPU and CUDA generators, from which timm's
+        drop-path draws, for the duration of the fit; the caller's global generator states
+        are restored afterwards. The same seed on the CPU thus gives the same weights bit for
+        bit, with or without drop-path, and a run resumed from a checkpoint, mid-epoch
+        included, equals an uninterrupted one. ``progress`` is called after every epoch with
+        the epoch index and that epoch's history row.
+
+        Inside an initialised ``torch.distributed`` process group (``torchrun``), every rank
+        calls ``fit`` with the same images and seed: ``batch_size`` is per rank, each epoch's
+        permutation is shared and each rank trains on its own slice of every global batch
+        (each image once per epoch), the learning rate scales with the global batch, the
+        student runs in DistributedDataParallel, and only rank 0 writes checkpoints.
         """
+        if isinstance(images, torch.Tensor):
+            images = TrainingImages(None, images.shape[-1], images)
         config = self.config
-        n_images = images.shape[0]
-        batch_size = min(config.batch_size, n_images)
+        ranks, this_rank = world_size(), rank()
+        n_images = len(images)
+        batch_size = min(config.batch_size, n_images // ranks)
+        if batch_size < 1:
+            raise ValueError(
+                f"{n_images} image(s) cannot be shared by {ranks} processes: every process "
+                "needs at least one image per step. Pass more images or start fewer processes."
+            )
         if config.koleo_weight > 0 and batch_size < 2:
             raise ValueError(
                 f"The KoLeo term needs at least 2 images per batch, got {n_images} image(s) "
                 f"and batch_size={config.batch_size}: with one image its value is constant and "
                 "its gradient zero. Pass more images or set koleo_weight=0."
             )
+        global_batch = batch_size * ranks
         # The last incomplete batch is dropped, as in DINO.
-        steps_per_epoch = n_images // batch_size
-        total_steps = config.epochs * steps_per_epoch
-        scaled_lr = config.lr * batch_size / 256
-        schedules = {
-            "lr": cosine_schedule(
-                scaled_lr, config.min_lr, total_steps, config.warmup_epochs * steps_per_epoch
-            ),
-            "weight_decay": cosine_schedule(
-                config.weight_decay, config.weight_decay_end, total_steps
-            ),
-            "teacher_momentum": cosine_schedule(config.teacher_momentum, 1.0, total_steps),
-            "teacher_temperature": warmup_then_constant(
-                config.warmup_teacher_temperature,
-                config.teacher_temperature,
-                total_steps,
-                config.warmup_teacher_temperature_epochs * steps_per_epoch,
-            ),
-        }
-        # Hashing the images costs a pass over them; only a checkpoint needs the identity.
-        settings = self._settings(images, generator) if self.checkpoint_dir is not None else {}
-        # Decoded images stay uint8; on a GPU they move there once when they fit easily.
-        if self.device.type == "cuda" and images.numel() < 2**31:
-            images = images.to(self.device)
+        steps_per_epoch = n_images // global_batch
+        schedules = _schedules(config, global_batch, steps_per_epoch)
+        # Keying the images costs a pass over them; only a checkpoint needs the identity.
+        settings = (
+            self._settings(images, generator, ranks) if self.checkpoint_dir is not None else {}
+        )
+        images.to(self.device)
+        # DINO's own batch slice of this rank: augmentation draws for the whole global batch
+        # and keeps this rank's part, so 2 ranks x 8 images see the crops 1 x 16 would.
+        self._shard = (this_rank * batch_size, global_batch)
         cuda_devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda_devices):
-            self._seed_global_generators(int(torch.randint(2**62, (1,), generator=generator)))
-            start_epoch = self._resume(generator, settings)
+        plan = _Plan(batch_size, global_batch, steps_per_epoch, schedules, settings)
+        with torch.random.fork_rng(devices=cuda_devices), self._interruptible() as interrupted:
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            # Each rank its own drop-path masks.
+            self._seed_global_generators(seed + this_rank)
+            position = self._resume(generator, settings)
             self._set_training_modes()
-            for epoch in range(start_epoch, config.epochs):
-                started = time.perf_counter()
-                totals: dict[str, float] = {}
-                order = torch.randperm(n_images, generator=generator)
-                for batch in range(steps_per_epoch):
-                    step = epoch * steps_per_epoch + batch
-                    values = {name: float(schedule[step]) for name, schedule in schedules.items()}
-                    index = order[batch * batch_size : (batch + 1) * batch_size]
-                    batch_images = images[index.to(images.device)].to(
-                        self.device, non_blocking=True
-                    )
-                    stats = self.train_step(batch_images, generator, epoch, values)
-                    for name, value in stats.items():
-                        totals[name] = totals.get(name, 0.0) + value
-                row = {name: total / steps_per_epoch for name, total in totals.items()}
-                row.update(values)
-                row["seconds"] = time.perf_counter() - started
-                for name, value in row.items():
-                    self.history.setdefault(name, []).append(value)
-                logger.info(
-                    "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), KL %.4f",
-                    epoch + 1,
-                    config.epochs,
-                    row["loss"],
-                    row["teacher_entropy"],
-                    self.loss.max_entropy,
-                    row["kl"],
-                )
-                self._save_checkpoint(epoch, generator, settings)
-                if progress is not None:
-                    progress(epoch, row)
-        self._warn_if_collapsed()
+            self._wrap_for_distributed()
+            try:
+                for epoch in range(position.epoch, config.epochs):
+                    if position.order is None or epoch != position.epoch:
+                        order = torch.randperm(n_images, generator=generator)
+                        position = _Position(epoch, 0, order, {})
+                    row = self._train_epoch(images, generator, position, plan, interrupted)
+                    for name, value in row.items():
+                        self.history.setdefault(name, []).append(value)
+                    if is_main_process():
+                        logger.info(
+                            "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), KL %.4f",
+                            epoch + 1,
+                            config.epochs,
+                            row["loss"],
+                            row["teacher_entropy"],
+                            self.loss.max_entropy,
+                            row["kl"],
+                        )
+                    position = _Position(epoch + 1, 0, None, {})
+                    path = self._save_checkpoint(position, generator, plan)
+                    if progress is not None:
+                        progress(epoch, row)
+                    if interrupted() and epoch + 1 < config.epochs:
+                        self._stop_interrupted(position, steps_per_epoch, path)
+            finally:
+                self._unwrap_for_distributed()
+                images.close()
+        average_batchnorm_statistics(self.teacher)
+        if is_main_process():
+            self._warn_if_collapsed()
         return self.history
+
+    def _train_epoch(
+        self,
+        images: TrainingImages,
+        generator: torch.Generator,
+        position: _Position,
+        plan: _Plan,
+        interrupted: Callable[[], bool],
+    ) -> dict[str, float]:
+        """Train the rest of an epoch from ``position``; the epoch's history row."""
+        started = time.perf_counter()
+        epoch, totals = position.epoch, dict(position.totals)
+        offset = rank() * plan.batch_size
+        starts = range(
+            position.step * plan.global_batch,
+            plan.steps_per_epoch * plan.global_batch,
+            plan.global_batch,
+        )
+        shards = [
+            position.order[start + offset : start + offset + plan.batch_size] for start in starts
+        ]
+        for done, batch in enumerate(images.batches(shards), start=position.step + 1):
+            self._step = epoch * plan.steps_per_epoch + done - 1
+            values = {
+                name: float(schedule[self._step]) for name, schedule in plan.schedules.items()
+            }
+            stats = self.train_step(
+                batch.to(self.device, non_blocking=True), generator, epoch, values
+            )
+            for name, value in stats.items():
+                totals[name] = totals.get(name, 0.0) + value
+            every = self.checkpoint_every
+            due = every is not None and (self._step + 1) % every == 0
+            if done < plan.steps_per_epoch and (due or interrupted()):
+                position = _Position(epoch, done, position.order, totals)
+                path = self._save_checkpoint(position, generator, plan)
+                if interrupted():
+                    self._stop_interrupted(position, plan.steps_per_epoch, path)
+        row = {name: total / plan.steps_per_epoch for name, total in totals.items()}
+        row = _mean_over_ranks(row, self.device)
+        row.update(values)
+        row["seconds"] = time.perf_counter() - started
+        return row
 
     def train_step(
         self,
@@ -264,13 +391,18 @@ class DinoTrainer:
             group["weight_decay"] = values["weight_decay"] if i == 0 else 0.0
         # A fresh head at full learning rate damages pretrained features (a common complaint
         # in DINO's issue tracker): the backbone stays frozen while the new head warms up.
-        self.student.backbone.requires_grad_(epoch >= self.config.head_warmup_epochs)
-        crops = self.augmentation(images, generator)
+        # DistributedDataParallel needs the same parameters to require gradients throughout,
+        # so there the backbone's gradients are dropped instead.
+        warming_up = epoch < self.config.head_warmup_epochs
+        if self._distributed_student is None:
+            self.student.backbone.requires_grad_(not warming_up)
+        offset, total = self._shard
+        crops = self.augmentation(images, generator, sample_offset=offset, total_samples=total)
         n_global = self.augmentation.global_crops
         with self._autocast():
             with torch.no_grad():
                 _, teacher_output = self.teacher(crops[:n_global])
-            student_embeddings, student_output = self.student(crops)
+            student_embeddings, student_output = (self._distributed_student or self.student)(crops)
         dino_loss, stats = self.loss(
             student_output, teacher_output, values["teacher_temperature"], len(crops)
         )
@@ -283,11 +415,22 @@ class DinoTrainer:
             stats["koleo"] = koleo.detach()
             loss = loss + self.config.koleo_weight * koleo
         if not math.isfinite(loss.item()):
+            where = f" in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
             raise FloatingPointError(
-                f"DINO loss is {loss.item()} at epoch {epoch}; lower lr or use precision='fp32'."
+                f"DINO loss is {loss.item()} at epoch {epoch + 1}, step {self._step + 1}: "
+                f"training stopped before this step changed the model, and the last checkpoint"
+                f"{where} (if any) holds the last good state. Lower lr, raise "
+                "warmup_epochs, or use precision='fp32'."
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with warnings.catch_warnings():
+            # DDP's note on XCiT's depthwise convolutions, whose gradients come in another
+            # memory layout than its buckets: a copy per step, not an error.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+            loss.backward()
+        if warming_up and self._distributed_student is not None:
+            for parameter in self.student.backbone.parameters():
+                parameter.grad = None
         if self.config.clip_grad:
             self._clip_gradients(self.config.clip_grad)
         if epoch < self.config.freeze_last_layer_epochs:
@@ -297,6 +440,69 @@ class DinoTrainer:
         self.optimizer.step()
         self._update_teacher(values["teacher_momentum"])
         return {"loss": dino_loss.item(), **{name: value.item() for name, value in stats.items()}}
+
+    def _wrap_for_distributed(self) -> None:
+        if not is_distributed():
+            return
+        if self.device.type == "cuda":
+            # DINO: SyncBatchNorm, so that BatchNorm sees the global batch (torch has it on
+            # GPUs only; on the CPU every rank normalises with its own batch, and the teacher's
+            # running statistics are averaged over the ranks after every epoch).
+            to_sync_batchnorm(self.student)
+            to_sync_batchnorm(self.teacher)
+        # The parameter set DistributedDataParallel reduces is fixed at construction.
+        self.student.backbone.requires_grad_(True)
+        self._distributed_student = nn.parallel.DistributedDataParallel(
+            self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
+
+    def _unwrap_for_distributed(self) -> None:
+        if self._distributed_student is None:
+            return
+        self._distributed_student = None
+        to_batchnorm(self.student)
+        to_batchnorm(self.teacher)
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[Callable[[], bool]]:
+        """Turn Ctrl-C into "stop after this step": the model is never left half-updated."""
+        requested = [False]
+        if is_distributed() or threading.current_thread() is not threading.main_thread():
+            yield lambda: False
+            return
+
+        def request_stop(signum: int, frame: object) -> None:
+            if requested[0]:
+                raise KeyboardInterrupt
+            requested[0] = True
+            logger.warning(
+                "Interrupted: DINO stops after this step and saves a checkpoint "
+                "(press Ctrl-C again to stop at once, without one)."
+            )
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield lambda: requested[0]
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_interrupted(
+        self, position: _Position, steps_per_epoch: int, path: Path | None
+    ) -> None:
+        where = f"epoch {position.epoch + 1}, step {position.step}/{steps_per_epoch}"
+        if path is None:
+            message = (
+                f"DINO training interrupted at {where}; nothing was saved (checkpoint_dir is "
+                "None). Pass checkpoint_dir to be able to resume an interrupted run."
+            )
+        else:
+            message = (
+                f"DINO training interrupted at {where}; saved {path}. To resume, call fit "
+                f"again with the same parameters, images and checkpoint_dir="
+                f"{os.fspath(self.checkpoint_dir)!r} (sparsam pretrain: add --resume)."
+            )
+        logger.warning(message)
+        raise KeyboardInterrupt(message)
 
     def _seed_global_generators(self, seed: int) -> None:
         # Only the generators fit forks: the CPU's and the training device's.
@@ -361,7 +567,7 @@ class DinoTrainer:
                 stacklevel=3,
             )
 
-    def _settings(self, images: torch.Tensor, generator: torch.Generator) -> dict:
+    def _settings(self, images: TrainingImages, generator: torch.Generator, ranks: int) -> dict:
         """What identifies a run: a checkpoint is resumed only when all of it agrees."""
         augmentation = {
             name: list(value) if isinstance(value, tuple) else value
@@ -383,37 +589,70 @@ class DinoTrainer:
             "precision": str(self.autocast_dtype or torch.float32),
             "drop_path": stochastic_depth,
             "seed": generator.initial_seed(),
-            "images": _images_fingerprint(images),
+            "images": images.fingerprint(),
             "initial_weights": self._initial_weights,
+            "world_size": ranks,
         }
 
-    def _save_checkpoint(self, epoch: int, generator: torch.Generator, settings: dict) -> None:
+    def _save_checkpoint(
+        self, position: _Position, generator: torch.Generator, plan: _Plan
+    ) -> Path | None:
+        """Write the state after ``position`` (rank 0; every rank takes part); its path."""
         if self.checkpoint_dir is None:
-            return
+            return None
+        # Every rank's generators: each rank draws its own drop-path masks.
+        torch_rng = gather_objects(torch.get_rng_state())
+        # Each rank's sums of its own batches' statistics so far in this epoch.
+        totals = gather_objects(dict(position.totals))
+        cuda_rng = (
+            gather_objects(torch.cuda.get_rng_state(self.device))
+            if self.device.type == "cuda"
+            else []
+        )
+        average_batchnorm_statistics(self.teacher)
+        if not is_main_process():
+            return None
+        order = position.order if position.order is not None else torch.empty(0, dtype=torch.long)
         state = {
-            "epoch": epoch,
+            "epoch": position.epoch,
+            "step": position.step,
+            "order": order.cpu(),
+            "totals": totals,
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "center": self.loss.center,
             "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "config": settings,
+            "torch_rng": [state.cpu() for state in torch_rng],
+            "cuda_rng": [state.cpu() for state in cuda_rng],
+            "config": plan.settings,
             "history": self.history,
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.checkpoint_dir / CHECKPOINT_NAME) as file:
+        path = self.checkpoint_dir / checkpoint_name(
+            position.epoch * plan.steps_per_epoch + position.step
+        )
+        with atomic_write(path) as file:
             torch.save(state, file)
+        for old in list_checkpoints(self.checkpoint_dir)[self.checkpoint_keep :]:
+            old.unlink(missing_ok=True)
+        return path
 
-    def _resume(self, generator: torch.Generator, settings: dict) -> int:
+    def _resume(self, generator: torch.Generator, settings: dict) -> _Position:
+        """Load the newest readable checkpoint of this run; where training continues."""
+        start = _Position(0, 0, None, {})
         if self.checkpoint_dir is None:
-            return 0
-        path = self.checkpoint_dir / CHECKPOINT_NAME
-        if not path.exists():
-            return 0
-        state = _read_checkpoint(path, self.device)
+            return start
+        path, state = None, None
+        if is_main_process():
+            path, state = _newest_readable_checkpoint(self.checkpoint_dir, self.device)
+        path = broadcast_object(None if path is None else os.fspath(path))
+        if path is None:
+            return start
+        path = Path(path)
+        if state is None:
+            # The other ranks read the file rank 0 chose (a shared file system).
+            state = _read_checkpoint(path, self.device)
         differences = _differences(state["config"], settings)
         if differences:
             raise ValueError(
@@ -432,22 +671,99 @@ class DinoTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss.center.copy_(state["center"])
         generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        torch.set_rng_state(state["torch_rng"][rank()].cpu())
+        if self.device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state(state["cuda_rng"][rank()].cpu(), self.device)
         self.history = {name: list(values) for name, values in state["history"].items()}
-        logger.info("Resuming DINO from %s after epoch %d", path, state["epoch"] + 1)
-        return int(state["epoch"]) + 1
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if is_main_process():
+            logger.info("Resuming DINO from %s (epoch %d, step %d)", path, epoch + 1, step)
+        if step == 0:
+            return _Position(epoch, 0, None, {})
+        return _Position(epoch, step, state["order"], dict(state["totals"][rank()]))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The fixed shape of a run: batch per rank and in all, steps, schedules, identity."""
+
+    batch_size: int
+    global_batch: int
+    steps_per_epoch: int
+    schedules: dict[str, torch.Tensor]
+    settings: dict
+
+
+@dataclass
+class _Position:
+    """Where a run stands: ``step`` steps of epoch ``epoch`` done (its order and sums)."""
+
+    epoch: int
+    step: int
+    order: torch.Tensor | None
+    totals: dict[str, float] = field(default_factory=dict)
+
+
+def _schedules(config: TrainingConfig, global_batch: int, steps_per_epoch: int) -> dict:
+    """Per-step lr, weight decay, teacher momentum and temperature of a run."""
+    total_steps = config.epochs * steps_per_epoch
+    scaled_lr = config.lr * global_batch / 256
+    return {
+        "lr": cosine_schedule(
+            scaled_lr, config.min_lr, total_steps, config.warmup_epochs * steps_per_epoch
+        ),
+        "weight_decay": cosine_schedule(config.weight_decay, config.weight_decay_end, total_steps),
+        "teacher_momentum": cosine_schedule(config.teacher_momentum, 1.0, total_steps),
+        "teacher_temperature": warmup_then_constant(
+            config.warmup_teacher_temperature,
+            config.teacher_temperature,
+            total_steps,
+            config.warmup_teacher_temperature_epochs * steps_per_epoch,
+        ),
+    }
+
+
+def _mean_over_ranks(row: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The ranks' mean of each value, so that every rank records the same history."""
+    if not is_distributed() or world_size() == 1:
+        return row
+    names = sorted(row)
+    values = torch.tensor([row[name] for name in names], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(names, (values / world_size()).tolist(), strict=True))
+
+
+def _newest_readable_checkpoint(
+    directory: Path, device: torch.device
+) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint that reads; an unreadable newer one is skipped with a warning."""
+    candidates = list_checkpoints(directory)
+    for index, path in enumerate(candidates):
+        try:
+            return path, _read_checkpoint(path, device)
+        except ValueError as error:
+            if index + 1 == len(candidates):
+                raise
+            warnings.warn(
+                f"{error} Resuming from the previous checkpoint, {candidates[index + 1]}.",
+                CheckpointWarning,
+                stacklevel=4,
+            )
+    return None, None
 
 
 _CHECKPOINT_KEYS = (
     "epoch",
+    "step",
+    "order",
+    "totals",
     "student",
     "teacher",
     "optimizer",
     "center",
     "generator",
     "torch_rng",
+    "cuda_rng",
     "config",
     "history",
 )
@@ -478,30 +794,26 @@ def _read_checkpoint(path: Path, device: torch.device) -> dict:
     return state
 
 
-def _differences(saved: dict, current: dict) -> list[str]:
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     """Human-readable differences between two run identities, one entry per setting."""
     described = {
         "images": "other images",
         "initial_weights": "other starting weights (backbone, pretrained or seed)",
         "seed": "another random_state",
+        "world_size": "another number of processes",
     }
     differences = []
     for name in sorted(saved.keys() | current.keys()):
         before, now = saved.get(name), current.get(name)
         if before == now:
             continue
-        if name in described:
+        if isinstance(before, dict) and isinstance(now, dict):
+            differences.extend(_differences(before, now, f"{prefix}{name}."))
+        elif name in described and not prefix:
             differences.append(f"{name}: {described[name]}")
         else:
-            differences.append(f"{name}: {before!r} in the checkpoint, {now!r} now")
+            differences.append(f"{prefix}{name}: {before!r} in the checkpoint, {now!r} now")
     return differences
-
-
-def _images_fingerprint(images: torch.Tensor) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr(tuple(images.shape)).encode())
-    digest.update(images.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().data)
-    return digest.hexdigest()
 
 
 def _parameter_groups(model: nn.Module) -> list[dict]:
