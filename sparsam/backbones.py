@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import pickle
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,14 @@ from typing import Any
 import safetensors.torch
 import timm
 import torch
-from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import (
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    constants,
+    hf_hub_download,
+    try_to_load_from_cache,
+)
 from huggingface_hub.utils import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -53,8 +61,10 @@ __all__ = [
     "save_backbone",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+logger = logging.getLogger("sparsam")
+
+IMAGENET_MEAN = timm.data.IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = timm.data.IMAGENET_DEFAULT_STD
 # The paper scaled every image to [0, 1] and then to [-1, 1] (sparsam's min_max_normalize_tensor).
 PAPER_MEAN = (0.5, 0.5, 0.5)
 PAPER_STD = (0.5, 0.5, 0.5)
@@ -206,7 +216,8 @@ def create_backbone(
         ``model.num_features`` its width. ``model.sparsam_architecture`` (``name``) and
         ``model.sparsam_model_args`` (every ``timm.create_model`` argument except
         ``pretrained``, ``num_classes`` and ``drop_path_rate``) rebuild it; ``save_backbone``
-        writes them to ``config.json``.
+        writes them to ``config.json``. With ``"imagenet"``, ``model.sparsam_base_model``
+        names timm's Hub repository of the weights, the model card's ``base_model``.
 
     Raises
     ------
@@ -214,6 +225,17 @@ def create_backbone(
         When ``pretrained="imagenet"`` and timm's weights can neither be downloaded nor found
         in the Hugging Face cache.
     """
+    return _create_backbone(name, image_size, pretrained, backbone_kwargs, drop_path_rate)
+
+
+def _create_backbone(
+    name: str,
+    image_size: int | None,
+    pretrained: str | None,
+    backbone_kwargs: dict[str, Any] | None,
+    drop_path_rate: float,
+    pretrained_file: Path | None = None,
+) -> nn.Module:
     if pretrained not in (None, "imagenet"):
         raise ValueError(f"pretrained must be None or 'imagenet', got {pretrained!r}.")
     if not timm.is_model(name):
@@ -232,7 +254,9 @@ def create_backbone(
     last_error: TypeError | None = None
     for size_kwargs in size_options:
         try:
-            model = _create(name, pretrained == "imagenet", {**size_kwargs, **kwargs})
+            model = _create(
+                name, pretrained == "imagenet", {**size_kwargs, **kwargs}, pretrained_file
+            )
         except TypeError as error:
             last_error = error
             continue
@@ -241,6 +265,8 @@ def create_backbone(
             **(getattr(model, "pretrained_cfg", None) or {}),
             "input_size": (3, image_size, image_size),
         }
+        if pretrained == "imagenet":
+            model.sparsam_base_model = _imagenet_hub_id(name)
         return model
     raise ValueError(f"timm cannot build {name!r} with {kwargs}: {last_error}") from last_error
 
@@ -253,7 +279,18 @@ def _default_image_size(name: str, backbone_kwargs: dict[str, Any]) -> int:
     return int(size if isinstance(size, int) else size[-1])
 
 
-def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+def _imagenet_hub_id(name: str) -> str | None:
+    """The Hub repository of timm's default pretrained weights for ``name``, if any."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    return getattr(pretrained_cfg, "hf_hub_id", None) or None
+
+
+def _create(
+    name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_file: Path | None = None
+) -> nn.Module:
+    if pretrained_file is not None:
+        # timm loads a local file instead of downloading when its pretrained_cfg names one.
+        kwargs = {**kwargs, "pretrained_cfg_overlay": {"file": str(pretrained_file)}}
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, EntryNotFoundError) as error:
@@ -278,22 +315,27 @@ def backbone_data_config(model: nn.Module, image_size: int | None = None) -> dic
     Parameters
     ----------
     model : nn.Module
-        A timm model; its ``pretrained_cfg`` supplies ``mean``, ``std`` and ``input_size``.
+        A timm model; ``timm.data.resolve_model_data_config`` reads ``mean``, ``std`` and
+        ``input_size`` from its ``pretrained_cfg`` (ImageNet's normalisation and 224 px when
+        absent).
     image_size : int, optional
         Side of the square input; by default the ``input_size`` of ``pretrained_cfg``.
 
     Returns
     -------
     config : dict
-        ``mean``, ``std`` (tuples of 3 floats), ``image_size`` (int) and ``interpolation``.
+        ``mean``, ``std`` (tuples of 3 floats), ``image_size`` (int) and ``interpolation``
+        (always ``"bilinear"``, sparsam's resize, whatever timm's configuration names).
     """
-    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    resolved = timm.data.resolve_model_data_config(model)
     if image_size is None:
-        image_size = int(pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        image_size = int(resolved["input_size"][-1])
     return {
-        "mean": tuple(float(v) for v in pretrained_cfg.get("mean", IMAGENET_MEAN)),
-        "std": tuple(float(v) for v in pretrained_cfg.get("std", IMAGENET_STD)),
+        "mean": tuple(float(v) for v in resolved["mean"]),
+        "std": tuple(float(v) for v in resolved["std"]),
         "image_size": int(image_size),
+        # Not timm's (often bicubic) choice: sparsam resizes whole images on the training
+        # device with bilinear interpolation, and save_backbone records it in config.json.
         "interpolation": "bilinear",
     }
 
@@ -310,6 +352,7 @@ def save_backbone(
     model_card: bool = True,
     license: str = "apache-2.0",
     repo_id: str | None = None,
+    datasets: Sequence[str] = (),
 ) -> Path:
     """Write a backbone in timm's Hugging Face Hub format.
 
@@ -347,11 +390,18 @@ def save_backbone(
         Target directory.
     model_card : bool, default=True
         Write ``README.md``: how the model was trained (the featurizer's parameters), a
-        summary of ``history_`` and how to load it with sparsam and with plain timm.
+        summary of ``history_`` and how to load it with sparsam and with plain timm. Its
+        metadata (``huggingface_hub.ModelCardData``) names ``library_name: timm``, the
+        license, tags and, when training started from Hub weights (``"imagenet"``, a short
+        name, ``"hf-hub:…"``), that repository as ``base_model``. A card is meant to be
+        published: local paths (``checkpoint_dir``, ``memory``, a directory as
+        ``pretrained``) are not written, neither here nor in ``config.json``.
     license : str, default="apache-2.0"
         License identifier for the card's metadata and ``pretrained_cfg``.
     repo_id : str, optional
         Hub repository the card's loading examples name; a placeholder when omitted.
+    datasets : sequence of str, optional
+        Hub ids of the data sets it was trained on, for the card's ``datasets`` metadata.
 
     Returns
     -------
@@ -427,6 +477,8 @@ def save_backbone(
             repo_id=repo_id,
             recipe=recipe,
             history=history,
+            base_model=getattr(backbone, "sparsam_base_model", None),
+            datasets=datasets,
         )
     return _write_model_directory(
         backbone, Path(directory), architecture, model_args, data_config, license, card
@@ -456,6 +508,7 @@ def _rebuild_arguments(model: nn.Module) -> tuple[str, dict[str, Any]]:
     # Recent timm (1.0.31 here) records the factory arguments itself; sparsam's own record
     # wins and keeps older timm versions working.
     runtime = {"num_classes", "pretrained", "pretrained_cfg", "pretrained_model_args"}
+    runtime |= {"pretrained_cfg_overlay"}  # may name a local weights file
     runtime |= {"device", "dtype", "cache_dir", "drop_rate", "drop_path_rate"}
     model_args = {k: v for k, v in getattr(model, "_model_args", {}).items() if k not in runtime}
     model_args.update(getattr(model, "sparsam_model_args", {}))
@@ -641,26 +694,24 @@ def _model_card(
     history: Mapping[str, Any] | None = None,
     training_text: str | None = None,
     citation: str | None = None,
-    datasets: tuple[str, ...] = (),
+    base_model: str | None = None,
+    datasets: Sequence[str] = (),
 ) -> str:
+    """The model card, with metadata from huggingface_hub's ModelCardData (the Hub's schema)."""
     hub_id = repo_id or "ORG/NAME"
     size = int(data_config["image_size"])
     mean = tuple(round(float(v), 4) for v in data_config["mean"])
     std = tuple(round(float(v), 4) for v in data_config["std"])
-    lines = [
-        "---",
-        "library_name: timm",
-        f"license: {license}",
-        "pipeline_tag: image-feature-extraction",
-        "tags:",
-        "- image-feature-extraction",
-        "- timm",
-        "- sparsam",
-        "- dino",
-    ]
-    if datasets:
-        lines += ["datasets:", *(f"- {name}" for name in datasets)]
-    lines += ["---", "", f"# {title}", "", description, "", "## Model details", ""]
+    metadata = ModelCardData(
+        library_name="timm",
+        license=license,
+        pipeline_tag="image-feature-extraction",
+        tags=["image-feature-extraction", "timm", "sparsam", "dino"],
+        base_model=base_model,
+        datasets=list(datasets) or None,
+    )
+    lines: list[str] = []
+    lines += [f"# {title}", "", description, "", "## Model details", ""]
     lines += [
         f"- **Architecture:** `{architecture}` (timm), arguments `{dict(model_args)}`",
         f"- **Output:** CLS embedding of {num_features} features (`num_classes=0`)",
@@ -680,8 +731,8 @@ def _model_card(
             "| parameter | value |",
             "| --- | --- |",
             *(
-                "| `{}` | `{}` |".format(name, repr(value).replace("|", "\\|"))
-                for name, value in sorted(recipe.items())
+                f"| `{name}` | {value} |"
+                for name, value in sorted(_published_parameters(recipe).items())
             ),
             "",
             _history_summary(history or {}, recipe),
@@ -720,7 +771,26 @@ def _model_card(
     ]
     if citation:
         lines += ["## Citation", "", citation, ""]
-    return "\n".join(lines)
+    body = "\n".join(lines)
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}"))
+
+
+# The featurizer's parameters that hold local paths; a card is meant to be published.
+_LOCAL_PARAMETERS = ("checkpoint_dir", "memory")
+_LOCAL_VALUE = "*a local directory (not published)*"
+
+
+def _published_parameters(recipe: Mapping[str, Any]) -> dict[str, str]:
+    """The featurizer's parameters as table cells, with local paths left out."""
+    cells = {}
+    for name, value in recipe.items():
+        local = isinstance(value, os.PathLike) or (value is not None and name in _LOCAL_PARAMETERS)
+        if name == "pretrained" and isinstance(value, str):
+            local = not (
+                value == "imagenet" or value in PRETRAINED_BACKBONES or value.startswith("hf-hub:")
+            )
+        cells[name] = _LOCAL_VALUE if local else "`{}`".format(repr(value).replace("|", "\\|"))
+    return cells
 
 
 def _history_summary(history: Mapping[str, Any], recipe: Mapping[str, Any]) -> str:
@@ -750,6 +820,8 @@ def load_backbone(
     image_size: int | None = None,
     architecture: str | None = None,
     drop_path_rate: float = 0.0,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
 ) -> nn.Module:
     """A pretrained timm backbone from the Hub, a local directory or timm's ImageNet weights.
 
@@ -787,6 +859,14 @@ def load_backbone(
     drop_path_rate : float, default=0.0
         Stochastic depth, for a backbone that is trained further (DINO's student uses 0.1);
         it does not change the weights or the embeddings in eval mode.
+    token : str or bool, optional
+        Hub token for private or gated repositories; by default ``HF_TOKEN`` or the token
+        stored by ``hf auth login`` (``False``: none).
+    local_files_only : bool, default=False
+        Read only the Hugging Face cache (``cache_dir``) and never contact the Hub, also
+        without ``HF_HUB_OFFLINE=1``; missing files raise ``BackboneNotFoundError``. With
+        ``"imagenet"`` and either this or ``token``, sparsam fetches timm's weights file
+        itself (through ``cache_dir``) and hands it to timm.
 
     Returns
     -------
@@ -794,7 +874,9 @@ def load_backbone(
         In eval mode, ``num_classes=0``; ``model(images)`` is the CLS embedding and
         ``model.pretrained_cfg`` carries ``mean``, ``std`` and ``input_size`` (see
         ``backbone_data_config``). ``sparsam_architecture`` and ``sparsam_model_args`` are
-        recorded as by ``create_backbone``, so ``save_backbone`` can write it again.
+        recorded as by ``create_backbone``, so ``save_backbone`` can write it again; from
+        the Hub (or ``"imagenet"``), ``sparsam_base_model`` names the repository, which a
+        model card of the backbone trained further lists as ``base_model``.
 
     Raises
     ------
@@ -814,17 +896,18 @@ def load_backbone(
         return _load_from_directory(Path(spec), image_size, drop_path_rate)
     if not isinstance(spec, str):
         raise TypeError(f"spec must be a string or a path, got {type(spec).__name__}.")
+    hub = {"token": token, "local_files_only": local_files_only}
     if spec == "imagenet":
         if architecture is None:
             raise ValueError(
                 "load_backbone('imagenet') needs the timm architecture, e.g. "
                 "load_backbone('imagenet', architecture='xcit_small_12_p8_224')."
             )
-        model = create_backbone(
-            architecture,
-            image_size=image_size or 224,
-            pretrained="imagenet",
-            drop_path_rate=drop_path_rate,
+        pretrained_file = None
+        if local_files_only or token is not None:
+            pretrained_file = _imagenet_weights_file(architecture, cache_dir, hub)
+        model = _create_backbone(
+            architecture, image_size or 224, "imagenet", None, drop_path_rate, pretrained_file
         )
         return model.eval()
     if spec in PRETRAINED_BACKBONES:
@@ -835,6 +918,7 @@ def load_backbone(
             cache_dir,
             image_size,
             drop_path_rate,
+            hub,
             short_name=spec,
         )
     if spec.startswith("hf-hub:"):
@@ -850,7 +934,7 @@ def load_backbone(
                 "'hf-hub:org/name@revision'."
             )
         return _load_from_hub(
-            repo_id, revision or spec_revision or None, cache_dir, image_size, drop_path_rate
+            repo_id, revision or spec_revision or None, cache_dir, image_size, drop_path_rate, hub
         )
     if spec.startswith("local-dir:"):
         return _load_from_directory(Path(spec[len("local-dir:") :]), image_size, drop_path_rate)
@@ -899,11 +983,12 @@ def _load_from_hub(
     cache_dir: str | os.PathLike[str] | None,
     image_size: int | None,
     drop_path_rate: float,
+    hub: Mapping[str, Any],
     short_name: str | None = None,
 ) -> nn.Module:
-    config_path = _download(repo_id, CONFIG_NAME, revision, cache_dir, short_name)
+    config_path = _download(repo_id, CONFIG_NAME, revision, cache_dir, hub, short_name)
     try:
-        weights_path = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, short_name)
+        weights_path = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, hub, short_name)
     except BackboneNotFoundError as error:
         cause = error.__cause__
         pickles = _pickle_files(config_path.parent)
@@ -918,7 +1003,29 @@ def _load_from_hub(
         ) from cause
     hub_id = f"{repo_id}@{revision}" if revision else repo_id
     source = {"source": "hf-hub", "hf_hub_id": hub_id, "file": str(weights_path)}
-    return _build(_read_config(config_path), weights_path, source, image_size, drop_path_rate)
+    model = _build(_read_config(config_path), weights_path, source, image_size, drop_path_rate)
+    model.sparsam_base_model = repo_id
+    return model
+
+
+def _imagenet_weights_file(
+    architecture: str, cache_dir: str | os.PathLike[str] | None, hub: Mapping[str, Any]
+) -> Path:
+    if not timm.is_model(architecture):
+        raise ValueError(
+            f"backbone {architecture!r} is not a timm model name; see timm.list_models() for "
+            "the names."
+        )
+    pretrained_cfg = timm.models.get_pretrained_cfg(architecture)
+    repo_id = _imagenet_hub_id(architecture)
+    filename = getattr(pretrained_cfg, "hf_hub_filename", None) or WEIGHTS_NAME
+    if repo_id is None or Path(filename).suffix.lower() in PICKLE_SUFFIXES:
+        raise BackboneNotFoundError(
+            f"timm publishes no safetensors weights of {architecture!r} on the Hugging Face "
+            "Hub, so they cannot be read with local_files_only=True or token=; load them "
+            "without these arguments."
+        )
+    return _download(repo_id, filename, None, cache_dir, hub, None)
 
 
 def _pickle_files(directory: Path) -> list[str]:
@@ -942,10 +1049,24 @@ def _download(
     filename: str,
     revision: str | None,
     cache_dir: str | os.PathLike[str] | None,
+    hub: Mapping[str, Any],
     short_name: str | None,
 ) -> Path:
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+        if hub.get("local_files_only"):
+            # Not hf_hub_download(local_files_only=True): it still builds request headers,
+            # and huggingface_hub 2.x fetches an agent registry from the Hub to build them.
+            cached = try_to_load_from_cache(
+                repo_id, filename, cache_dir=cache_dir, revision=revision, repo_type="model"
+            )
+            if not isinstance(cached, str):
+                raise LocalEntryNotFoundError(f"{filename} of {repo_id} is not in the cache.")
+            return Path(cached)
+        return Path(
+            hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache_dir, token=hub.get("token")
+            )
+        )
     except HFValidationError as error:
         raise ValueError(f"{repo_id!r} is not a valid Hub repository id: {error}") from error
     except LocalEntryNotFoundError as error:
@@ -953,7 +1074,9 @@ def _download(
             f"{filename} of Hugging Face Hub repository {repo_id!r} (revision "
             f"{revision or 'main'!r}) is not in the local cache, and the Hub "
             + (
-                "may not be contacted (HF_HUB_OFFLINE=1)."
+                "may not be contacted (local_files_only=True)."
+                if hub.get("local_files_only")
+                else "may not be contacted (HF_HUB_OFFLINE=1)."
                 if constants.HF_HUB_OFFLINE
                 else "could not be reached."
             )
@@ -1219,6 +1342,12 @@ def convert_checkpoint(
             "reached state-of-the-art accuracy with about 100 labels per class."
         ),
         citation=f"{PAPER_CITATION}\n\nWeights: {PAPER_WEIGHTS_URL} (CC BY 4.0).",
+        # The original code started from timm's distilled ImageNet XCiT.
+        base_model=(
+            _imagenet_hub_id(f"{architecture}.fb_dist_in1k")
+            if architecture == "xcit_small_12_p8_224"
+            else None
+        ),
     )
     return _write_model_directory(
         model, Path(directory), architecture, model_args, data_config, "cc-by-4.0", card
@@ -1277,12 +1406,19 @@ def push_backbone(
     token: str | None = None,
     revision: str | None = None,
     commit_message: str = "Upload backbone with sparsam",
+    overwrite_card: bool = False,
 ) -> str:
     """Upload a saved backbone to the Hugging Face Hub.
 
     Creates the repository if needed (and the branch ``revision``), then uploads
     ``config.json``, ``model.safetensors`` and ``README.md`` in one commit; other files in
     the directory (e.g. pickle weights) are not uploaded.
+
+    A ``README.md`` already in the repository is kept unless sparsam wrote it (its
+    ``<!-- sparsam-model-card … -->`` line, see ``save_backbone``) or ``overwrite_card=True``:
+    a card edited on the Hub survives a push of new weights, as a user's README survives
+    ``save_backbone``. A card of sparsam's describes the previous weights, so it is replaced,
+    or deleted when the directory has no card.
 
     Parameters
     ----------
@@ -1299,6 +1435,9 @@ def push_backbone(
         Branch to commit to, created from the default branch if missing.
     commit_message : str
         Message of the commit.
+    overwrite_card : bool, default=False
+        Replace the repository's ``README.md`` with the directory's even when sparsam did not
+        write it.
 
     Returns
     -------
@@ -1324,12 +1463,36 @@ def push_backbone(
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None:
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+    files = [CONFIG_NAME, WEIGHTS_NAME]
+    delete = []
+    has_card = (path / README_NAME).is_file()
+    hub_card = _hub_card_author(api, repo_id, revision)
+    if has_card and (hub_card != "user" or overwrite_card):
+        files.append(README_NAME)
+    elif has_card:
+        logger.warning(
+            "Kept the %s of Hugging Face Hub repository %r: sparsam did not write it. Pass "
+            "overwrite_card=True (sparsam push --overwrite-card) to replace it.",
+            README_NAME,
+            repo_id,
+        )
+    elif hub_card == "sparsam":
+        delete.append(README_NAME)
     commit = api.upload_folder(
         folder_path=str(path),
         repo_id=repo_id,
         repo_type="model",
         revision=revision,
         commit_message=commit_message,
-        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME],
+        allow_patterns=files,
+        **({"delete_patterns": delete} if delete else {}),
     )
     return str(getattr(commit, "commit_url", commit))
+
+
+def _hub_card_author(api: HfApi, repo_id: str, revision: str | None) -> str | None:
+    """Who wrote the repository's README.md: ``"sparsam"``, ``"user"``, or None if absent."""
+    if not api.file_exists(repo_id, README_NAME, repo_type="model", revision=revision):
+        return None
+    card = Path(api.hf_hub_download(repo_id, README_NAME, repo_type="model", revision=revision))
+    return "sparsam" if _CARD_MARKER in card.read_text(encoding="utf-8") else "user"

@@ -1,4 +1,8 @@
-"""The ``sparsam`` command line."""
+"""The ``sparsam`` command line.
+
+``sparsam demo`` shows the method on bundled digits; ``pretrain``, ``embed`` and ``evaluate``
+run it on your images; ``convert`` and ``push`` publish backbones in timm's Hub format.
+"""
 
 from __future__ import annotations
 
@@ -965,10 +969,38 @@ def _pretrain_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+_DESCRIPTION = """\
+Self-supervised DINO pretraining of timm vision transformers on unlabeled (medical) images,
+and few-shot classification on their frozen embeddings (Nielsen et al. 2023).
+
+example:
+  sparsam demo
+  sparsam pretrain images/ --out my-backbone --pretrained imagenet --epochs 100
+  sparsam embed images/ --backbone my-backbone --out embeddings.npy
+
+Run `sparsam COMMAND --help` for a command's options.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsam`` console script."""
-    parser = argparse.ArgumentParser(prog="sparsam", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sparsam",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sparsam {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log progress at INFO level, e.g. one 'DINO epoch ...' line per epoch",
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND"
+    )
     demo = commands.add_parser(
         "demo",
         help="pretrain a small ViT with DINO on the bundled digits and print a few-shot table",
@@ -1018,7 +1050,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     evaluate.add_argument("--out", default=None, help="directory for the CSV and PNG")
     evaluate.add_argument(
-        "--image-size", type=int, default=None, help="featurizer input size (default: 224)"
+        "--image-size",
+        type=int,
+        default=None,
+        help="featurizer input size (default: the backbone's input size)",
     )
     evaluate.add_argument("--batch-size", type=int, default=None, help="embedding batch size")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
@@ -1067,10 +1102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Hub token with write access (default: HF_TOKEN or the `hf auth login` token)",
     )
     push.add_argument("--message", default=None, help="commit message")
+    push.add_argument(
+        "--overwrite-card",
+        action="store_true",
+        help="replace the repository's README.md even if sparsam did not write it",
+    )
     _add_pretrain_parser(commands)
     _add_embed_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Only sparsam's own logger: INFO of other libraries (httpx, torch) stays hidden. Without
+    # -v the logger keeps the level it has (the root's WARNING unless the caller set one),
+    # and -v lasts for this command only.
+    logger = logging.getLogger("sparsam")
+    previous_level = logger.level
+    if args.verbose:
+        logger.setLevel(logging.INFO)
     try:
         _run_command(args)
     except (ValueError, OSError) as error:
@@ -1080,6 +1127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Training has logged what it saved and how to resume; no traceback on top of it.
         print(f"sparsam {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.setLevel(previous_level)
     return 0
 
 
@@ -1121,6 +1170,7 @@ def _run_command(args: argparse.Namespace) -> None:
             private=args.private,
             token=args.token,
             revision=args.revision,
+            overwrite_card=args.overwrite_card,
             **options,
         )
         print(f"Pushed {args.directory} to {args.repo_id}: {url}")

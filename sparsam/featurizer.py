@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -28,13 +32,44 @@ from .data.cache import (
     subset_source,
     weights_digest,
 )
-from .data.training import training_images
+from .data.training import TrainingImages, training_images
 from .dino.augment import MultiCropAugmentation, normalize
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
 from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
 
 __all__ = ["DinoFeaturizer"]
+
+# The logger of dino/trainer.py: one line per epoch, resumption and collapse warnings.
+_logger = logging.getLogger("sparsam")
+
+
+class _ProgressBarHandler(logging.Handler):
+    """Prints log records to stderr through tqdm, so that they do not break a running bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _printed_log_lines(verbose: int) -> Iterator[None]:
+    """With ``verbose >= 2``, print the INFO records of the sparsam logger while inside."""
+    if verbose < 2:
+        yield
+        return
+    handler = _ProgressBarHandler(logging.INFO)
+    previous_level = _logger.level
+    _logger.addHandler(handler)
+    if _logger.getEffectiveLevel() > logging.INFO:
+        _logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        _logger.removeHandler(handler)
+        _logger.setLevel(previous_level)
 
 
 class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -149,8 +184,9 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", … ``fit`` refuses a device
         torch does not know or this machine lacks.
     precision : {"auto", "fp32", "bf16"}, default="auto"
-        "auto": bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX),
-        fp32 elsewhere.
+        "auto": bf16 autocast on CUDA devices that support it, fp32 on the CPU (bf16
+        autocast ran 1.5-2.4x slower than fp32 even on a CPU with AMX and AVX512-BF16;
+        ``benchmarks/RESULTS.md``). "bf16" forces autocast anywhere.
     num_workers : int, default=0
         DataLoader worker processes that decode and resize image files (in ``fit`` and
         ``transform``), so that decoding overlaps training on the GPU. 0 decodes in this
@@ -199,7 +235,14 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         the CPU gives the same embeddings bit for bit, and a run resumed from
         ``checkpoint_dir`` the same as an uninterrupted one.
     verbose : int, default=1
-        0 silences the progress bars.
+        What ``fit`` and ``transform`` print to stderr. 0: nothing. 1: progress bars (the
+        decoding of the training images when they are held in memory, the DINO epochs with
+        loss and teacher entropy, the embedding batches). 2 and above: also every record
+        of the ``"sparsam"`` logger from level INFO during training (one line per epoch
+        with loss, teacher entropy and KL, resumption from a checkpoint, collapse
+        warnings), printed without configuring ``logging``; the logger's level and handlers
+        are restored after ``fit``. If your ``logging`` configuration already shows INFO
+        records of ``"sparsam"``, use 1, or they appear twice.
 
     Attributes
     ----------
@@ -404,8 +447,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
         Parameters
         ----------
-        X : array of shape (n, H, W) or (n, H, W, C), list of arrays, PIL images or paths
-            The images: uint8, uint16 or float in [0, 1]; grayscale, RGB or RGBA.
+        X : array, torch tensor, pandas Series or DataFrame, or list
+            The images: an array ``(n, H, W)`` or ``(n, H, W, C)``, or a list of arrays, PIL
+            images or file paths; uint8, uint16 or float in [0, 1]; grayscale, RGB or RGBA.
+            A torch tensor may also be channels first, ``(n, C, H, W)`` with C in 1, 3; a
+            Series or one-column DataFrame (a ``ColumnTransformer``'s column) holds paths,
+            arrays or PIL images. See ``sparsam.data.as_image_source``.
         y : ignored
             Accepted for pipelines; ``-1`` (unlabeled) entries are fine.
 
@@ -455,18 +502,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 self.checkpoint_dir,
                 self.checkpoint_every,
             )
-            images = training_images(
-                source,
-                self.data_config_["image_size"],
-                self.in_memory,
-                self.batch_size,
-                self.num_workers,
-                pin_memory=device.type == "cuda",
-            )
+            images = self._training_images(source, device)
             generator = torch.Generator().manual_seed(seed)
-            with tqdm(
-                total=self.epochs, desc="DINO", unit="epoch", disable=not self.verbose
-            ) as bar:
+            with (
+                _printed_log_lines(self.verbose),
+                tqdm(total=self.epochs, desc="DINO", unit="epoch", disable=not self.verbose) as bar,
+            ):
 
                 def progress(epoch: int, row: dict[str, float]) -> None:
                     bar.n = epoch + 1
@@ -486,7 +527,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
         Parameters
         ----------
-        X : array of shape (n, H, W) or (n, H, W, C), list of arrays, PIL images or paths
+        X : array, torch tensor, pandas Series or DataFrame, or list
             The images, in any form ``fit`` accepts.
 
         Returns
@@ -584,6 +625,33 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Featurizers pickled before the memory parameter existed did not cache.
         super().__setstate__({"memory": None, **state})
+
+    def _training_images(self, source: ImageSource, device: torch.device) -> TrainingImages:
+        """The training images, decoded once under a progress bar, or streamed."""
+        # Decoding thousands of files into memory takes minutes before the first epoch; the
+        # bar appears with the first decoded batch, so a streamed set shows none.
+        bars: list[tqdm] = []
+
+        def progress(n_images: int) -> None:
+            if not bars:
+                bars.append(
+                    tqdm(total=len(source), desc="decoding", unit="image", disable=not self.verbose)
+                )
+            bars[0].update(n_images)
+
+        try:
+            return training_images(
+                source,
+                self.data_config_["image_size"],
+                self.in_memory,
+                self.batch_size,
+                self.num_workers,
+                pin_memory=device.type == "cuda",
+                progress=progress,
+            )
+        finally:
+            for bar in bars:
+                bar.close()
 
     def _weights_digest(self) -> str:
         # Featurizers pickled before weights_digest_ existed lack it.

@@ -1,8 +1,8 @@
 """Few-shot evaluation of frozen features.
 
-:class:`FewShotSplit` and :func:`few_shot_curve` implement the paper's protocol (exactly ``N``
-labels per class, repeated draws, balanced accuracy); :func:`paper_classifiers` gives its three
-downstream classifiers; :class:`LabeledOnly` lets a pipeline train its featurizer on every
+`FewShotSplit` and `few_shot_curve` implement the paper's protocol (exactly ``N``
+labels per class, repeated draws, balanced accuracy); `paper_classifiers` gives its three
+downstream classifiers; `LabeledOnly` lets a pipeline train its featurizer on every
 image and its classifier on the labeled ones.
 """
 
@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
+from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, check_scoring
-from sklearn.model_selection import BaseCrossValidator, train_test_split
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import BaseCrossValidator, cross_validate, train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import PowerTransformer, StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils import _safe_indexing, check_random_state, get_tags
+from sklearn.utils.metadata_routing import get_routing_for_object
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _num_samples, check_is_fitted, column_or_1d
 
@@ -57,7 +58,9 @@ def few_shot_scores(
     The protocol of the demo and of ``benchmarks/``: a stratified half of the data is the
     test set (``random_state`` fixes it); each draw takes exactly ``n`` training samples of
     every class from the other half (draw ``r`` uses ``numpy.random.default_rng(r)``), so
-    every method is scored on the same draws.
+    every method is scored on the same draws. The fits and scores run through
+    `sklearn.model_selection.cross_validate`, the path of `few_shot_curve`;
+    only the draws differ.
 
     Parameters
     ----------
@@ -82,18 +85,20 @@ def few_shot_scores(
         np.arange(len(labels)), test_size=0.5, stratify=labels, random_state=random_state
     )
     classes = np.unique(labels)
-    scores: dict[int, np.ndarray] = {}
+    splits_by_n = {}
     for n in n_per_class:
-        draws = []
+        splits = []
         for repeat in range(n_repeats):
             rng = np.random.default_rng(repeat)
             chosen = np.concatenate(
                 [rng.choice(train[labels[train] == c], n, replace=False) for c in classes]
             )
-            model = clone(classifier).fit(features[chosen], labels[chosen])
-            draws.append(balanced_accuracy_score(labels[test], model.predict(features[test])))
-        scores[n] = np.array(draws)
-    return scores
+            splits.append((chosen, test))
+        splits_by_n[int(n)] = splits
+    scorer = check_scoring(classifier, scoring="balanced_accuracy")
+    return _cross_validate_per_n(
+        classifier, features, labels, splits_by_n, scorer, error_score="raise"
+    )
 
 
 def format_few_shot_table(rows: dict[str, dict[int, np.ndarray]]) -> str:
@@ -456,7 +461,7 @@ class FewShotCurveResult:
         return pd.DataFrame(rows, columns=columns)
 
     def to_csv(self, path: str | os.PathLike, long: bool = False) -> None:
-        """Write the table of :meth:`to_frame` as CSV (no pandas needed).
+        """Write the table of `to_frame` as CSV (no pandas needed).
 
         The file is written next to ``path`` first and then moved in place, so an interrupted
         run never leaves half a file behind; it gets the permissions of the umask, as with
@@ -469,7 +474,7 @@ class FewShotCurveResult:
             writer.writerows(rows)
 
     def plot(self, ax: Any = None, label: str | None = None, **kwargs: Any) -> Any:
-        """Plot the curve with :func:`sparsam.plotting.plot_few_shot_curve` (needs matplotlib)."""
+        """Plot the curve with `sparsam.plotting.plot_few_shot_curve` (needs matplotlib)."""
         from .plotting import plot_few_shot_curve
 
         return plot_few_shot_curve({label or "estimator": self}, ax=ax, **kwargs)
@@ -498,12 +503,16 @@ def few_shot_curve(
     test: tuple[Any, Any] | None = None,
     n_jobs: int | None = None,
     random_state: int | np.random.RandomState | None = None,
+    error_score: float | str = np.nan,
+    params: dict[str, Any] | None = None,
 ) -> FewShotCurveResult:
     """Score an estimator trained on ``N`` labels per class, for several ``N`` and draws.
 
-    Like :func:`sklearn.model_selection.learning_curve`, but the x axis is labels per class
-    and every class gets exactly ``N`` training samples (see :class:`FewShotSplit`): the
-    protocol of the paper's few-shot plots.
+    Like `sklearn.model_selection.learning_curve`, but the x axis is labels per class
+    and every class gets exactly ``N`` training samples (see `FewShotSplit`): the
+    protocol of the paper's few-shot plots. Each ``N`` is one call of
+    `sklearn.model_selection.cross_validate` with ``cv=FewShotSplit(N, ...)``, so
+    ``error_score``, ``params`` and metadata routing behave as they do there.
 
     Parameters
     ----------
@@ -521,14 +530,25 @@ def few_shot_curve(
     n_repeats : int, default=5
         Draws per ``N``; at least 1.
     scoring : str, callable or None, default="balanced_accuracy"
-        Anything :func:`sklearn.metrics.check_scoring` accepts.
+        Anything `sklearn.metrics.check_scoring` accepts.
     test : tuple (X_test, y_test) or None, default=None
         A fixed test set, as in the paper; all of ``X, y`` is then the pool for the training
         draws. ``None``: each draw is scored on the samples it did not train on.
     n_jobs : int or None, default=None
-        Fits run in parallel with joblib.
+        The draws of one ``N`` are fitted in parallel with joblib (``cross_validate``'s
+        ``n_jobs``).
     random_state : int, RandomState instance or None, default=None
         An int makes the draws, and so the scores, reproducible.
+    error_score : "raise" or float, default=np.nan
+        Score of a draw whose fit fails, as in ``cross_validate``: a number (NaN by
+        default, with a ``FitFailedWarning``), or "raise" to raise the error.
+    params : dict, optional
+        Passed to ``cross_validate(params=...)``: without metadata routing, fit parameters
+        of ``estimator`` (``sample_weight`` and other per-sample values are indexed with
+        each draw's training part); with ``sklearn.set_config(enable_metadata_routing=True)``
+        routed to the estimator's ``fit`` and the scorer as they request. Per-sample values
+        are indexed like ``X``. With ``test`` they reach only the fits: routing one to the
+        scorer then raises, since ``params`` hold no values for the test samples.
 
     Returns
     -------
@@ -585,30 +605,119 @@ def few_shot_curve(
         )
     scorer = check_scoring(estimator, scoring=scoring)
     rng = check_random_state(random_state)
-    jobs = []
-    for n in kept:
-        seed = rng.randint(2**31 - 1)
-        if test is None:
-            splitter = FewShotSplit(
-                n, n_repeats=n_repeats, small_classes="raise", random_state=seed
-            )
-            for train, held_out in splitter.split(X, y):
-                jobs.append((n, train, _safe_indexing(X, held_out), y[held_out]))
-        else:
-            # with a fixed test set a class may give every sample to training, which
-            # FewShotSplit refuses because it would leave that class without a test sample
-            for train in _draw_per_class(y, n, n_repeats, check_random_state(seed)):
-                jobs.append((n, train, X_test, y_test))
-    values = Parallel(n_jobs=n_jobs)(
-        delayed(_fit_and_score)(clone(estimator), X, y, train, X_score, y_score, scorer)
-        for _, train, X_score, y_score in jobs
+    seeds = {n: rng.randint(2**31 - 1) for n in kept}
+    if test is None:
+        splits_by_n = {
+            n: FewShotSplit(n, n_repeats=n_repeats, small_classes="raise", random_state=seed)
+            for n, seed in seeds.items()
+        }
+        X_all, y_all, params_all = X, y, params
+    else:
+        # cross_validate scores on samples of X: the fixed test set joins the pool, and every
+        # split trains in the pool and tests on all of it. FewShotSplit is not used here, as
+        # with a fixed test set a class may give every sample to training, which FewShotSplit
+        # refuses because it would leave that class without a test sample.
+        n_pool, n_test = len(y), len(y_test)
+        held_out = np.arange(n_pool, n_pool + n_test)
+        splits_by_n = {
+            n: [
+                (train, held_out)
+                for train in _draw_per_class(y, n, n_repeats, check_random_state(seed))
+            ]
+            for n, seed in seeds.items()
+        }
+        X_all = _concatenate(X, X_test)
+        y_all = np.concatenate([y, y_test])
+        params_all = _params_with_test_placeholders(params, n_pool, n_test, scorer)
+    scores = _cross_validate_per_n(
+        estimator,
+        X_all,
+        y_all,
+        splits_by_n,
+        scorer,
+        n_jobs=n_jobs,
+        error_score=error_score,
+        params=params_all,
     )
-    draws: dict[int, list[float]] = {n: [] for n in kept}
-    for (n, *_), value in zip(jobs, values, strict=True):
-        draws[n].append(value)
-    scores = {n: np.array(values_of_n) for n, values_of_n in draws.items()}
     name = scoring if isinstance(scoring, str) else getattr(scoring, "__name__", "score")
     return FewShotCurveResult(n_per_class=np.array(kept), scores=scores, scoring=name)
+
+
+def _cross_validate_per_n(
+    estimator: BaseEstimator,
+    X: Any,
+    y: np.ndarray,
+    splits_by_n: dict[int, Any],
+    scorer: Callable,
+    *,
+    n_jobs: int | None = None,
+    error_score: float | str = np.nan,
+    params: dict[str, Any] | None = None,
+) -> dict[int, np.ndarray]:
+    """Test scores of ``cross_validate`` with one ``cv`` per number of labels per class."""
+    return {
+        n: cross_validate(
+            estimator,
+            X,
+            y,
+            cv=cv,
+            scoring=scorer,
+            n_jobs=n_jobs,
+            error_score=error_score,
+            params=params,
+        )["test_score"]
+        for n, cv in splits_by_n.items()
+    }
+
+
+def _concatenate(X: Any, X_test: Any) -> Any:
+    """The training pool followed by the test samples, in the container type of ``X``."""
+    if hasattr(X, "iloc") and hasattr(X_test, "iloc"):
+        import pandas as pd
+
+        return pd.concat([X, X_test], ignore_index=True)
+    if isinstance(X, np.ndarray) and isinstance(X_test, np.ndarray):
+        if X.shape[1:] == X_test.shape[1:]:
+            return np.concatenate([X, X_test])
+    return _as_list(X) + _as_list(X_test)
+
+
+def _as_list(X: Any) -> list[Any]:
+    if hasattr(X, "iloc"):
+        return [X.iloc[index] for index in range(len(X))]
+    return list(X)
+
+
+def _params_with_test_placeholders(
+    params: dict[str, Any] | None, n_pool: int, n_test: int, scorer: Callable
+) -> dict[str, Any] | None:
+    """Extend per-sample ``params`` over the appended test samples, which no fit sees."""
+    if not params:
+        return params
+    if get_config().get("enable_metadata_routing", False):
+        requested = get_routing_for_object(scorer).consumes("score", list(params))
+        if requested:
+            raise ValueError(
+                f"params {sorted(requested)} are routed to the scorer, but with a fixed test "
+                "set params hold values for the samples of X only; expected test=None to "
+                "route per-sample values to the scorer."
+            )
+    extended = {}
+    for key, value in params.items():
+        if _is_per_sample(value, n_pool):
+            # Placeholder rows (copies of the first): fits index only the pool, and no
+            # scorer receives them (checked above).
+            placeholders = _safe_indexing(value, np.zeros(n_test, dtype=int))
+            value = _concatenate(value, placeholders)
+        extended[key] = value
+    return extended
+
+
+def _is_per_sample(value: Any, n_samples: int) -> bool:
+    try:
+        return not np.isscalar(value) and _num_samples(value) == n_samples
+    except TypeError:
+        return False
 
 
 def _draw_per_class(
@@ -619,11 +728,6 @@ def _draw_per_class(
     members = [labeled[inverse == i] for i in range(len(classes))]
     for _ in range(n_repeats):
         yield np.concatenate([np.sort(rng.choice(m, n, replace=False)) for m in members])
-
-
-def _fit_and_score(estimator, X, y, train, X_score, y_score, scorer) -> float:
-    estimator.fit(_safe_indexing(X, train), y[train])
-    return float(scorer(estimator, X_score, y_score))
 
 
 # ---------------------------------------------------------------------------------------------

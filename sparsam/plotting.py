@@ -72,6 +72,16 @@ def plot_few_shot_curve(
     -------
     ax : matplotlib Axes
 
+    Notes
+    -----
+    Drawn with matplotlib directly rather than with
+    `sklearn.model_selection.LearningCurveDisplay`, which fits one curve per display:
+    it labels every line "Test" or "Train" (a legend entry per method cannot be passed, as it
+    sets ``label`` itself), calls ``ax.legend()`` once per curve, names the x axis "Number
+    of samples in the training set", chooses the x scale itself, needs the score of every
+    draw (a peer's published mean ± std cannot be drawn), and does not keep the band of a
+    bounded score inside [0, 1].
+
     Examples
     --------
     >>> from types import SimpleNamespace
@@ -159,6 +169,10 @@ def plot_confusion_matrix(
 ) -> Axes:
     """Confusion matrix with each class's frequency beside its row, as in the paper's Figure 3.
 
+    Drawn by `sklearn.metrics.ConfusionMatrixDisplay` (without its colorbar), to which
+    this adds the support counts of the rows and the row normalisation that keeps an empty
+    row at zero.
+
     With few labels and imbalanced classes (bone marrow cytology spans three orders of
     magnitude), a row-normalised matrix shows the recall of every class; the support counts
     ``n=...`` on the right-hand axis show how much each row can be trusted.
@@ -192,7 +206,7 @@ def plot_confusion_matrix(
     >>> ax.images[0].get_array()[0].tolist()
     [0.5, 0.5]
     """
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
@@ -208,32 +222,23 @@ def plot_confusion_matrix(
             f"({list(labels)}); pass one name per class."
         )
     support = matrix.sum(axis=1)
-    if normalize:
-        # A class absent from y_true has an empty row: show zeros rather than NaN.
-        values = matrix / np.maximum(support, 1)[:, None]
-        cells = [[f"{100 * value:.0f}%" for value in row] for row in values]
-    else:
-        values = matrix
-        cells = [[str(value) for value in row] for row in values]
+    # A class absent from y_true has an empty row: show zeros rather than NaN.
+    values = matrix / np.maximum(support, 1)[:, None] if normalize else matrix
     ax = _axes(ax, figsize=(1.0 + 0.7 * n_classes, 0.8 + 0.6 * n_classes))
-    ax.imshow(values, cmap=cmap, vmin=0, vmax=1 if normalize else None)
-    threshold = (1.0 if normalize else max(values.max(), 1)) / 2
-    for row in range(n_classes):
-        for column in range(n_classes):
-            ax.text(
-                column,
-                row,
-                cells[row][column],
-                ha="center",
-                va="center",
-                fontsize="small",
-                color="white" if values[row, column] > threshold else "black",
-            )
+    display = ConfusionMatrixDisplay(values, display_labels=list(class_names))
+    display.plot(
+        ax=ax,
+        cmap=cmap,
+        colorbar=False,
+        xticks_rotation=45,
+        values_format=".0%" if normalize else "d",
+        im_kw={"vmin": 0, "vmax": 1} if normalize else None,
+        text_kw={"fontsize": "small"},
+    )
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
     ticks = np.arange(n_classes)
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("Predicted label")
-    ax.set_ylabel("True label")
     frequencies = ax.secondary_yaxis("right")
     frequencies.set_yticks(ticks, [f"n={count}" for count in support])
     frequencies.set_ylabel("Class frequency")

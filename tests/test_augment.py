@@ -171,3 +171,14 @@ def test_runs_on_cuda_with_a_cpu_generator():
     assert all(crop.device.type == "cuda" and torch.isfinite(crop).all() for crop in crops)
     on_cuda_generator = augmentation(images, torch.Generator("cuda").manual_seed(0))
     assert [crop.shape for crop in on_cuda_generator] == [crop.shape for crop in crops]
+
+
+def test_imagenet_constants_are_timms_under_sparsams_names():
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from sparsam.backbones import IMAGENET_MEAN as BACKBONES_MEAN
+    from sparsam.backbones import IMAGENET_STD as BACKBONES_STD
+    from sparsam.dino.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    assert IMAGENET_MEAN == BACKBONES_MEAN == IMAGENET_DEFAULT_MEAN == (0.485, 0.456, 0.406)
+    assert IMAGENET_STD == BACKBONES_STD == IMAGENET_DEFAULT_STD == (0.229, 0.224, 0.225)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -619,9 +620,14 @@ def test_convert_rejects_an_unknown_data_set_name(tmp_path):
 
 
 class FakeHfApi:
-    """Records the calls push_backbone makes; nothing reaches the network."""
+    """Records the calls push_backbone makes; nothing reaches the network.
+
+    ``hub_files`` ({name: text}) is what the repository already holds.
+    """
 
     calls: list
+    hub_files: dict
+    download_dir: Path
 
     def __init__(self, token=None):
         FakeHfApi.calls = [("init", {"token": token})]
@@ -632,15 +638,28 @@ class FakeHfApi:
     def create_branch(self, repo_id, **kwargs):
         self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
 
+    def file_exists(self, repo_id, filename, **kwargs):
+        self.calls.append(("file_exists", {"repo_id": repo_id, "filename": filename, **kwargs}))
+        return filename in self.hub_files
+
+    def hf_hub_download(self, repo_id, filename, **kwargs):
+        self.calls.append(("hf_hub_download", {"repo_id": repo_id, "filename": filename}))
+        path = self.download_dir / filename
+        path.write_text(self.hub_files[filename], encoding="utf-8")
+        return str(path)
+
     def upload_folder(self, **kwargs):
         self.calls.append(("upload_folder", kwargs))
         return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc")
 
 
 @pytest.fixture
-def fake_hub_api(monkeypatch):
+def fake_hub_api(monkeypatch, tmp_path):
     monkeypatch.setattr(sparsam.backbones, "HfApi", FakeHfApi)
     FakeHfApi.calls = []
+    FakeHfApi.hub_files = {}
+    FakeHfApi.download_dir = tmp_path / "downloaded"
+    FakeHfApi.download_dir.mkdir()
     return FakeHfApi
 
 
@@ -663,7 +682,41 @@ def test_push_creates_repository_and_branch_then_uploads_the_model_files(saved, 
 
 def test_push_without_a_branch_creates_none(saved, fake_hub_api):
     push_backbone(saved, REPO_ID)
-    assert [name for name, _ in fake_hub_api.calls] == ["init", "create_repo", "upload_folder"]
+    names = [name for name, _ in fake_hub_api.calls]
+    assert names == ["init", "create_repo", "file_exists", "upload_folder"]
+
+
+def test_push_keeps_a_readme_on_the_hub_that_sparsam_did_not_write(saved, fake_hub_api, caplog):
+    fake_hub_api.hub_files = {"README.md": "# Our model\n\nWritten by hand on the Hub.\n"}
+    push_backbone(saved, REPO_ID, revision="v1")
+    calls = dict(fake_hub_api.calls)
+    assert calls["file_exists"]["revision"] == "v1"
+    assert set(calls["upload_folder"]["allow_patterns"]) == {"config.json", "model.safetensors"}
+    assert "delete_patterns" not in calls["upload_folder"]
+    assert "Kept the README.md" in caplog.text and "overwrite_card=True" in caplog.text
+
+
+def test_push_with_overwrite_card_replaces_a_readme_on_the_hub(saved, fake_hub_api):
+    fake_hub_api.hub_files = {"README.md": "# Our model\n"}
+    push_backbone(saved, REPO_ID, overwrite_card=True)
+    upload = dict(fake_hub_api.calls)["upload_folder"]
+    assert "README.md" in upload["allow_patterns"]
+
+
+def test_push_replaces_a_card_that_sparsam_wrote_on_the_hub(saved, fake_hub_api):
+    fake_hub_api.hub_files = {"README.md": (saved / "README.md").read_text()}
+    push_backbone(saved, REPO_ID)
+    upload = dict(fake_hub_api.calls)["upload_folder"]
+    assert "README.md" in upload["allow_patterns"]
+
+
+def test_push_without_a_card_deletes_sparsams_card_of_other_weights_on_the_hub(saved, fake_hub_api):
+    fake_hub_api.hub_files = {"README.md": (saved / "README.md").read_text()}
+    (saved / "README.md").unlink()
+    push_backbone(saved, REPO_ID)
+    upload = dict(fake_hub_api.calls)["upload_folder"]
+    assert "README.md" not in upload["allow_patterns"]
+    assert upload["delete_patterns"] == ["README.md"]
 
 
 def test_push_of_an_incomplete_directory_names_what_is_missing(saved, fake_hub_api):
@@ -776,3 +829,90 @@ def test_head_warmup_is_automatic_only_for_pretrained_weights(
     )
 
     assert featurizer._training_config().head_warmup_epochs == expected
+
+
+def test_push_command_with_overwrite_card_replaces_the_hub_readme(saved, fake_hub_api):
+    fake_hub_api.hub_files = {"README.md": "# Our model\n"}
+    assert main(["push", str(saved), REPO_ID, "--overwrite-card"]) == 0
+    assert "README.md" in dict(fake_hub_api.calls)["upload_folder"]["allow_patterns"]
+
+
+# ---------------------------------------------------------------------------- token, local files
+
+
+@pytest.fixture
+def network_attempts(monkeypatch):
+    """Hub online as far as huggingface_hub knows; lists every DNS lookup or connection."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("this test may not reach the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+def test_local_files_only_loads_from_the_cache_without_contacting_the_hub(
+    backbone, saved, images, offline_hub, network_attempts
+):
+    build_hub_cache(offline_hub, REPO_ID, directory_files(saved))
+    loaded = load_backbone(f"hf-hub:{REPO_ID}", local_files_only=True)
+    assert torch.equal(embed(loaded, images), embed(backbone, images))
+    assert network_attempts == []
+
+
+def test_local_files_only_and_not_cached_says_so(network_attempts):
+    with pytest.raises(BackboneNotFoundError, match=r"may not be contacted \(local_files_only"):
+        load_backbone(f"hf-hub:{REPO_ID}", local_files_only=True)
+    assert network_attempts == []
+
+
+def test_imagenet_weights_with_local_files_only_come_from_the_cache(
+    offline_hub, network_attempts, tmp_path
+):
+    torch.manual_seed(3)
+    imagenet_model = timm.create_model("vit_tiny_patch16_224").eval()
+    weights = tmp_path / "imagenet.safetensors"
+    safetensors.torch.save_file(imagenet_model.state_dict(), str(weights))
+    hub_id = timm.models.get_pretrained_cfg("vit_tiny_patch16_224").hf_hub_id
+    build_hub_cache(offline_hub, hub_id, {"model.safetensors": weights.read_bytes()})
+    loaded = load_backbone("imagenet", architecture="vit_tiny_patch16_224", local_files_only=True)
+    assert network_attempts == []
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(image),
+            imagenet_model.forward_head(imagenet_model.forward_features(image), pre_logits=True),
+        )
+    saved = save_backbone(loaded, tmp_path / "from_imagenet")
+    assert str(offline_hub) not in (saved / "config.json").read_text()
+    assert huggingface_hub.ModelCard.load(saved / "README.md").data.base_model == hub_id
+
+
+def test_load_backbone_passes_its_token_to_the_hub(saved, monkeypatch):
+    received = []
+
+    def download(repo_id, filename, **kwargs):
+        received.append(kwargs["token"])
+        return str(saved / filename)
+
+    monkeypatch.setattr(sparsam.backbones, "hf_hub_download", download)
+    load_backbone(f"hf-hub:{REPO_ID}", token="hf_secret")
+    assert received == ["hf_secret", "hf_secret"]
+
+
+def test_featurizer_trained_from_a_hub_repository_names_it_as_base_model(
+    backbone, saved, tiny_params, tiny_images, tmp_path, offline_hub
+):
+    build_hub_cache(offline_hub, REPO_ID, directory_files(saved))
+    params = {**tiny_params, "backbone_kwargs": TINY_VIT, "pretrained": f"hf-hub:{REPO_ID}"}
+    featurizer = sparsam.DinoFeaturizer(**params).fit(tiny_images)
+    path = save_backbone(featurizer, tmp_path / "trained")
+    card = huggingface_hub.ModelCard.load(path / "README.md")
+    assert card.data.base_model == REPO_ID
+    assert f"| `pretrained` | `'hf-hub:{REPO_ID}'` |" in card.text
+    assert str(offline_hub) not in (path / "config.json").read_text()

@@ -234,6 +234,36 @@ def test_weight_decay_spares_biases_and_normalisation_layers():
     assert not_regularized["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize(
+    ("architecture", "backbone_kwargs"),
+    [
+        ("vit_tiny_patch16_224", {"patch_size": 4, "depth": 2, "embed_dim": 16, "num_heads": 2}),
+        ("xcit_small_12_p8_224", {"embed_dim": 16, "depth": 2, "num_heads": 2}),
+    ],
+)
+def test_weight_decay_groups_of_a_dino_model_are_decay_then_no_decay_as_in_dino(
+    architecture, backbone_kwargs
+):
+    backbone = create_backbone(architecture, image_size=16, backbone_kwargs=backbone_kwargs)
+    model = MultiCropModel(backbone, DinoHead(16, out_dim=OUT_DIM, hidden_dim=16, bottleneck_dim=8))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    # DINO's rule (main_dino.py get_params_groups): no decay on biases and 1-d parameters.
+    expected_decay = [p for n, p in trainable.items() if not (n.endswith(".bias") or p.ndim == 1)]
+    expected_no_decay = [p for n, p in trainable.items() if n.endswith(".bias") or p.ndim == 1]
+    decay, no_decay = _parameter_groups(model)
+    assert [id(p) for p in decay["params"]] == [id(p) for p in expected_decay]
+    assert [id(p) for p in no_decay["params"]] == [id(p) for p in expected_no_decay]
+    assert "weight_decay" not in decay and no_decay["weight_decay"] == 0.0
+    frozen = model.head.last_layer.parametrizations.weight.original0
+    assert all(p is not frozen for p in decay["params"] + no_decay["params"])
+
+
+def test_weight_decay_groups_stay_two_when_nothing_is_exempt():
+    decay, no_decay = _parameter_groups(torch.nn.Linear(4, 4, bias=False))
+    assert len(decay["params"]) == 1 and no_decay["params"] == []
+    torch.optim.AdamW([decay, no_decay])  # the optimizer accepts the empty group
+
+
 def test_auto_precision_is_fp32_on_cpu_and_bf16_can_be_forced():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) is None

@@ -6,16 +6,17 @@ import pickle
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from sklearn.base import clone
+from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
-from sklearn.utils import estimator_checks
 from sklearn.utils.validation import check_is_fitted
 
 import sparsam.featurizer
@@ -147,26 +148,6 @@ def test_init_stores_arguments_verbatim_and_sets_nothing_else(tiny_params):
     assert vars(featurizer) == featurizer.get_params(deep=False)
     for name, value in tiny_params.items():
         assert getattr(featurizer, name) is value
-
-
-@pytest.mark.parametrize(
-    "check",
-    [
-        estimator_checks.check_no_attributes_set_in_init,
-        estimator_checks.check_parameters_default_constructible,
-        estimator_checks.check_get_params_invariance,
-        estimator_checks.check_set_params,
-        estimator_checks.check_estimator_repr,
-        estimator_checks.check_estimator_cloneable,
-        estimator_checks.check_mixin_order,
-        estimator_checks.check_valid_tag_types,
-        estimator_checks.check_do_not_raise_errors_in_init_or_set_params,
-    ],
-    ids=lambda check: check.__name__,
-)
-def test_passes_scikit_learn_check_that_needs_no_tabular_data(tiny_params, check):
-    # The other checks fit on 2-D numeric arrays, which are not images.
-    check("DinoFeaturizer", DinoFeaturizer(**tiny_params))
 
 
 def test_repr_names_the_class(tiny_params):
@@ -381,6 +362,45 @@ def test_fit_logs_one_dino_epoch_line_per_epoch(tiny_params, tiny_images, caplog
     assert len(epoch_lines) == 2
 
 
+def test_verbose_one_shows_a_bar_while_decoding_the_training_images(
+    tiny_params, tiny_images, capsys
+):
+    DinoFeaturizer(**{**tiny_params, "verbose": 1}).fit(tiny_images)
+
+    assert "decoding: 100%|" in capsys.readouterr().err
+
+
+def test_streamed_training_images_show_no_decoding_bar(tiny_params, tiny_images, capsys):
+    DinoFeaturizer(**{**tiny_params, "verbose": 1, "in_memory": False}).fit(tiny_images)
+
+    assert "decoding" not in capsys.readouterr().err
+
+
+def test_verbose_one_prints_no_epoch_log_lines(tiny_params, tiny_images, capsys):
+    DinoFeaturizer(**{**tiny_params, "verbose": 1}).fit(tiny_images)
+
+    assert "DINO epoch" not in capsys.readouterr().err
+
+
+def test_verbose_two_prints_one_epoch_log_line_per_epoch_without_logging_configured(
+    tiny_params, tiny_images, capsys
+):
+    DinoFeaturizer(**{**tiny_params, "epochs": 2, "verbose": 2}).fit(tiny_images)
+
+    stderr = capsys.readouterr().err
+    assert stderr.count("DINO epoch") == 2
+    assert "DINO epoch 2/2: loss" in stderr
+
+
+def test_verbose_two_leaves_the_sparsam_logger_as_it_was(tiny_params, tiny_images):
+    logger = logging.getLogger("sparsam")
+    before = (logger.level, list(logger.handlers))
+
+    DinoFeaturizer(**{**tiny_params, "verbose": 2}).fit(tiny_images)
+
+    assert (logger.level, list(logger.handlers)) == before
+
+
 # Checkpoints
 
 
@@ -450,3 +470,44 @@ def test_list_of_png_paths_gives_same_embeddings_as_uint8_array(
     embeddings = DinoFeaturizer(**tiny_params).fit(paths).transform(paths)
 
     assert np.array_equal(embeddings, fitted_featurizer.transform(tiny_images))
+
+
+def test_channels_first_torch_tensor_gives_same_embeddings_as_uint8_array(
+    fitted_featurizer, tiny_images
+):
+    rgb = np.repeat(tiny_images[..., None], 3, axis=-1)
+    tensor = torch.from_numpy(rgb).permute(0, 3, 1, 2)
+
+    embeddings = fitted_featurizer.transform(tensor)
+
+    np.testing.assert_array_equal(embeddings, fitted_featurizer.transform(tiny_images))
+
+
+@pytest.fixture
+def image_table(tiny_images, tiny_labels, tmp_path):
+    """A DataFrame of PNG paths, a numeric column and the labels."""
+    paths = []
+    for index, image in enumerate(tiny_images):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+    return pd.DataFrame({"path": paths, "age": np.arange(len(paths)), "label": tiny_labels})
+
+
+# One epoch of a depth-2 ViT on 40 tiny images is not meant to learn, only to run.
+@pytest.mark.filterwarnings("ignore::sparsam.dino.trainer.CollapseWarning")
+@pytest.mark.parametrize("column", ["path", ["path"]], ids=["Series", "one-column DataFrame"])
+def test_column_transformer_embeds_an_image_path_column_beside_tabular_columns(
+    tiny_params, image_table, column
+):
+    tiny_params["backbone_kwargs"]["depth"] = 2
+    features = ColumnTransformer(
+        [("image", DinoFeaturizer(**tiny_params), column), ("age", "passthrough", ["age"])]
+    )
+    model = make_pipeline(features, SVC())
+
+    model.fit(image_table[["path", "age"]], image_table["label"])
+
+    width = tiny_params["backbone_kwargs"]["embed_dim"]
+    assert features.transform(image_table).shape == (len(image_table), width + 1)
+    assert set(model.predict(image_table)) <= {0, 1}

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageFile
@@ -602,7 +603,7 @@ def test_single_path_raises_type_error_asking_for_a_list(X):
 
 
 @pytest.mark.parametrize(
-    "X", [3, torch.zeros(1, 3, 2, 2), (image for image in [])], ids=["int", "tensor", "generator"]
+    "X", [3, {"a": 1}, (image for image in [])], ids=["int", "dict", "generator"]
 )
 def test_unsupported_container_raises_type_error_naming_type(X):
     with pytest.raises(TypeError, match=rf"X has type {type(X).__name__}; expected a numpy array"):
@@ -628,3 +629,88 @@ def test_pil_integer_image_outside_uint16_range_raises_naming_index():
 
     with pytest.raises(ValueError, match=r"X\[0\] is a 32-bit integer image .*\[0, 65535\]"):
         source[0]
+
+
+# pandas and torch containers
+
+
+@pytest.mark.parametrize(
+    "as_column",
+    [lambda paths: pd.Series(paths), lambda paths: pd.DataFrame({"path": paths})],
+    ids=["Series", "one-column DataFrame"],
+)
+def test_pandas_column_of_paths_is_read_like_a_list(tmp_path, as_column):
+    paths = [tmp_path / f"{index}.png" for index in range(2)]
+    for index, path in enumerate(paths):
+        Image.new("L", (2, 2), index * 50).save(path)
+
+    source = as_image_source(as_column([str(path) for path in paths]))
+
+    assert [source[index][0, 0, 0].item() for index in range(2)] == [0, 50]
+
+
+def test_series_of_arrays_decodes_each_item():
+    images = [_random_uint8(3, 4, 3, seed=seed) for seed in range(2)]
+
+    source = as_image_source(pd.Series(images, index=[10, 20]))
+
+    assert torch.equal(source[1], _channels_first(images[1]))
+
+
+def test_series_item_errors_name_the_position_not_the_index_label(tmp_path):
+    series = pd.Series([str(tmp_path / "missing.png")], index=["first"])
+
+    with pytest.raises(FileNotFoundError, match=r"X\[0\]: no file at .*missing.png"):
+        as_image_source(series)
+
+
+def test_dataframe_with_several_columns_raises_naming_them():
+    frame = pd.DataFrame({"path": ["a.png"], "label": [0]})
+
+    with pytest.raises(ValueError, match=r"2 columns \['path', 'label'\]; expected one column"):
+        as_image_source(frame)
+
+
+def test_channels_last_uint8_tensor_decodes_like_the_numpy_array():
+    images = _random_uint8(2, 5, 4, 3)
+
+    source = as_image_source(torch.from_numpy(images))
+
+    assert torch.equal(source[1], _channels_first(images[1]))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_first_tensor_is_read_in_torchs_layout(channels):
+    images = _random_uint8(2, 5, 4, channels)
+
+    source = as_image_source(torch.from_numpy(images).permute(0, 3, 1, 2))
+
+    expected = as_image_source(images)
+    assert all(torch.equal(source[index], expected[index]) for index in range(2))
+
+
+def test_float_channels_first_tensor_maps_unit_range_to_uint8():
+    source = as_image_source(torch.full((1, 3, 2, 2), 0.5, dtype=torch.bfloat16))
+
+    assert source[0].unique().tolist() == [128]
+
+
+def test_tensor_with_pixels_outside_unit_range_raises_naming_index():
+    images = torch.zeros(3, 3, 2, 2)
+    images[2] = 2.0
+
+    with pytest.raises(ValueError, match=r"X\[2\] has float pixel values in \[2, 2\]"):
+        as_image_source(images)
+
+
+def test_tensor_of_unsupported_dtype_raises_type_error_naming_dtype():
+    with pytest.raises(TypeError, match="X has dtype int64; expected uint8"):
+        as_image_source(torch.zeros(1, 3, 2, 2, dtype=torch.int64))
+
+
+def test_load_images_reports_progress_per_decoded_batch():
+    decoded = []
+
+    load_images(_random_uint8(5, 4, 4), image_size=4, batch_size=2, progress=decoded.append)
+
+    assert decoded == [2, 2, 1]

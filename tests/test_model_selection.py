@@ -5,18 +5,26 @@ import json
 import os
 import sys
 import types
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from joblib import parallel_config
+from sklearn import config_context
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import FitFailedWarning
+from sklearn.metrics import balanced_accuracy_score, make_scorer
 from sklearn.model_selection import (
     GridSearchCV,
     StratifiedShuffleSplit,
     cross_val_score,
     cross_validate,
+    train_test_split,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from sparsam import FewShotSplit, few_shot_curve
@@ -348,6 +356,162 @@ def test_few_shot_curve_refuses_continuous_labels(separable):
 def test_few_shot_curve_raises_when_no_n_fits(separable):
     with pytest.raises(ValueError, match="No value of n_per_class"), pytest.warns(UserWarning):
         few_shot_curve(SVC(), *separable, n_per_class=(100,))
+
+
+class _RecordingClassifier(ClassifierMixin, BaseEstimator):
+    """Predicts the majority class and records the sample weights of every fit.
+
+    ``fail_first=True`` makes the first fit of a test fail.
+    """
+
+    fits: ClassVar[list] = []
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.fail_first = fail_first
+
+    def fit(self, X, y, sample_weight=None):
+        if self.fail_first and not type(self).fits:
+            type(self).fits.append("failed")
+            raise RuntimeError("this fit fails")
+        type(self).fits.append(None if sample_weight is None else np.asarray(sample_weight))
+        values, counts = np.unique(y, return_counts=True)
+        self.classes_ = values
+        self.majority_ = values[np.argmax(counts)]
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.majority_)
+
+
+@pytest.fixture
+def recording():
+    _RecordingClassifier.fits = []
+    yield _RecordingClassifier
+    _RecordingClassifier.fits = []
+
+
+def test_few_shot_scores_keep_the_draws_of_the_demo_protocol(separable):
+    features, labels = separable
+    noisy = features + np.random.default_rng(2).normal(scale=3, size=features.shape)
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=0.5, stratify=labels, random_state=0
+    )
+    expected = []
+    for repeat in range(3):
+        rng = np.random.default_rng(repeat)
+        chosen = np.concatenate(
+            [rng.choice(train[labels[train] == c], 2, replace=False) for c in range(3)]
+        )
+        model = make_pipeline(StandardScaler(), SVC(class_weight="balanced"))
+        model.fit(noisy[chosen], labels[chosen])
+        expected.append(balanced_accuracy_score(labels[test], model.predict(noisy[test])))
+
+    scores = few_shot_scores(noisy, labels, n_per_class=(2,), n_repeats=3)
+
+    assert scores[2].tolist() == expected
+
+
+def test_few_shot_curve_scores_are_those_of_cross_validate_with_few_shot_split(separable):
+    features, labels = separable
+    noisy = features + np.random.default_rng(2).normal(scale=3, size=features.shape)
+    seed = np.random.RandomState(3).randint(2**31 - 1)
+    splitter = FewShotSplit(2, n_repeats=4, small_classes="raise", random_state=seed)
+
+    result = few_shot_curve(SVC(), noisy, labels, n_per_class=(2,), n_repeats=4, random_state=3)
+
+    expected = cross_validate(SVC(), noisy, labels, cv=splitter, scoring="balanced_accuracy")
+    assert result.scores[2].tolist() == expected["test_score"].tolist()
+
+
+def test_few_shot_curve_scores_a_failed_fit_as_error_score(separable, recording):
+    with pytest.warns(FitFailedWarning):
+        result = few_shot_curve(
+            recording(fail_first=True), *separable, n_per_class=(1,), n_repeats=2, error_score=-1.0
+        )
+
+    assert result.scores[1].tolist() == [-1.0, pytest.approx(1 / 3)]
+
+
+def test_few_shot_curve_raises_a_failed_fit_with_error_score_raise(separable, recording):
+    with pytest.raises(RuntimeError, match="this fit fails"):
+        few_shot_curve(
+            recording(fail_first=True),
+            *separable,
+            n_per_class=(1,),
+            n_repeats=2,
+            error_score="raise",
+        )
+
+
+def test_few_shot_curve_passes_per_sample_params_indexed_by_each_draw(separable, recording):
+    features, labels = separable
+    weights = np.arange(len(labels), dtype=float)
+
+    few_shot_curve(
+        recording(),
+        features,
+        labels,
+        n_per_class=(2,),
+        n_repeats=3,
+        params={"sample_weight": weights},
+        random_state=0,
+    )
+
+    assert len(recording.fits) == 3
+    for fitted in recording.fits:
+        assert len(fitted) == 6
+        assert np.bincount(labels[fitted.astype(int)]).tolist() == [2, 2, 2]
+
+
+def test_few_shot_curve_with_a_fixed_test_set_fits_with_params_of_the_pool(separable, recording):
+    features, labels = separable
+    weights = np.arange(len(labels), dtype=float)
+
+    few_shot_curve(
+        recording(),
+        features,
+        labels,
+        n_per_class=(30,),
+        n_repeats=1,
+        test=(features[::10], labels[::10]),
+        params={"sample_weight": weights},
+    )
+
+    assert sorted(recording.fits[0].tolist()) == weights.tolist()
+
+
+def test_few_shot_curve_routes_params_to_the_estimator_that_requests_them(separable, recording):
+    weights = np.ones(len(separable[1]))
+    with config_context(enable_metadata_routing=True):
+        estimator = recording().set_fit_request(sample_weight=True)
+        scorer = make_scorer(balanced_accuracy_score).set_score_request(sample_weight=False)
+
+        few_shot_curve(
+            estimator,
+            *separable,
+            n_per_class=(1,),
+            n_repeats=2,
+            scoring=scorer,
+            params={"sample_weight": weights},
+        )
+
+    assert [len(fitted) for fitted in recording.fits] == [3, 3]
+
+
+def test_few_shot_curve_refuses_params_routed_to_the_scorer_with_a_fixed_test_set(separable):
+    weights = np.ones(len(separable[1]))
+    with config_context(enable_metadata_routing=True):
+        scorer = make_scorer(balanced_accuracy_score).set_score_request(sample_weight=True)
+
+        with pytest.raises(ValueError, match=r"\['sample_weight'\] are routed to the scorer"):
+            few_shot_curve(
+                SVC(),
+                *separable,
+                n_per_class=(1,),
+                scoring=scorer,
+                test=separable,
+                params={"sample_weight": weights},
+            )
 
 
 @pytest.fixture

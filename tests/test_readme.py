@@ -1,4 +1,5 @@
-"""Every Python block of README.md runs as written, so the README cannot drift from the code.
+"""Every Python block of README.md and of the documentation pages (docs/**/*.md) runs as
+written, so neither can drift from the code.
 
 A block that needs data, the Hub or a GPU carries the comment
 ``<!-- readme-test: skip (reason) -->`` on the line before its fence and is skipped with that
@@ -21,7 +22,10 @@ import pytest
 
 from sparsam.dino import CollapseWarning
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# README first: its blocks keep their plain section names (``quickstart``).
+DOCUMENTS = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^\s*```\s*(\S*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*readme-test:\s*(skip|slow)\s*(?:\((.+)\))?\s*-->\s*$")
 HEADING = re.compile(r"^#+\s+(.*?)\s*$")
@@ -32,6 +36,7 @@ QUICKSTART_MIN_GAIN = 0.10
 
 @dataclass(frozen=True)
 class Block:
+    document: Path
     name: str
     line: int
     source: str
@@ -39,8 +44,12 @@ class Block:
     slow: bool
 
 
-def readme_blocks(text: str) -> list[Block]:
-    """The ```python blocks of ``text``, named after their section, with their markers."""
+def readme_blocks(text: str, document: Path = README) -> list[Block]:
+    """The ```python blocks of ``text``, named after their section, with their markers.
+
+    Blocks of another document than the README are named ``<path>:<section>``.
+    """
+    prefix = "" if document == README else f"{document.relative_to(ROOT).as_posix()}:"
     blocks, names = [], {}
     lines = text.splitlines()
     section, marker, index = "top", None, 0
@@ -59,7 +68,8 @@ def readme_blocks(text: str) -> list[Block]:
             name = section if names[section] == 1 else f"{section}-{names[section]}"
             blocks.append(
                 Block(
-                    name=name,
+                    document=document,
+                    name=prefix + name,
                     line=index + 1,
                     source="\n".join(lines[index + 1 : end]) + "\n",
                     skip=marker[2] if marker and marker[1] == "skip" else None,
@@ -70,12 +80,20 @@ def readme_blocks(text: str) -> list[Block]:
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = [
+    block
+    for document in DOCUMENTS
+    for block in readme_blocks(document.read_text(encoding="utf-8"), document)
+]
 
 
 def block_filename(block: Block) -> str:
     """The file name tracebacks and warnings give for lines of ``block``."""
-    return f"{README}:{block.name}"
+    return f"{block.document}:{block.name}"
+
+
+def where(block: Block, offset: int = 0) -> str:
+    return f"{block.document.relative_to(ROOT).as_posix()} line {block.line + offset}"
 
 
 def run_block(block: Block) -> tuple[dict, str, list[warnings.WarningMessage]]:
@@ -101,7 +119,7 @@ def executed(tmp_path_factory):
         if block.name not in results:
             # Blocks write relative paths (caches, saved models): into a fresh folder.
             previous = Path.cwd()
-            os.chdir(tmp_path_factory.mktemp(block.name))
+            os.chdir(tmp_path_factory.mktemp(re.sub(r"[^A-Za-z0-9_-]+", "-", block.name)))
             try:
                 results[block.name] = run_block(block)
             finally:
@@ -120,16 +138,18 @@ def block_by_name(name: str) -> Block:
     return next(block for block in BLOCKS if block.name == name)
 
 
-def test_every_python_fence_of_the_readme_is_collected():
-    text = README.read_text(encoding="utf-8")
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.relative_to(ROOT).as_posix())
+def test_every_python_fence_of_the_document_is_collected(document):
+    text = document.read_text(encoding="utf-8")
     python_fences = [
         line for line in text.splitlines() if re.match(r"^\s*```\s*py(thon)?\w*\s*$", line)
     ]
     markers = [line for line in text.splitlines() if "readme-test" in line]
+    blocks = [block for block in BLOCKS if block.document == document]
 
-    assert len(BLOCKS) == len(python_fences) > 0
+    assert len(blocks) == len(python_fences)
     assert all(MARKER.match(line) for line in markers), markers
-    assert sum(block.skip is not None or block.slow for block in BLOCKS) == len(markers)
+    assert sum(block.skip is not None or block.slow for block in blocks) == len(markers)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +161,7 @@ def test_every_python_fence_of_the_readme_is_collected():
 )
 def test_readme_python_block_runs_as_written_without_warnings(block, executed):
     if block.skip is not None:
-        pytest.skip(f"README.md line {block.line}: {block.skip}")
+        pytest.skip(f"{where(block)}: {block.skip}")
 
     _, _, caught = executed(block)
 
@@ -163,7 +183,14 @@ def test_skipped_readme_block_calls_existing_names_with_existing_parameters(bloc
     tree = ast.parse(block.source, filename=block_filename(block))
     imports = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
     namespace = {}
-    exec(compile(ast.Module(imports, type_ignores=[]), block_filename(block), "exec"), namespace)
+    try:
+        exec(
+            compile(ast.Module(imports, type_ignores=[]), block_filename(block), "exec"), namespace
+        )
+    except ModuleNotFoundError as error:
+        if error.name.split(".")[0] in ("sparsam", "sklearn", "timm", "torch", "numpy"):
+            raise
+        pytest.skip(f"{where(block)}: {error.name} is not installed here")
 
     for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
         target = _resolve(call.func, namespace)
@@ -178,7 +205,7 @@ def test_skipped_readme_block_calls_existing_names_with_existing_parameters(bloc
         try:
             signature.bind_partial(*positional, **keywords)
         except TypeError as error:
-            pytest.fail(f"README.md line {block.line + call.lineno}: {ast.unparse(call)}: {error}")
+            pytest.fail(f"{where(block, call.lineno)}: {ast.unparse(call)}: {error}")
 
 
 def _resolve(node: ast.expr, namespace: dict):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import operator
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,20 @@ def as_image_source(X: Any) -> ImageSource:
 
     Parameters
     ----------
-    X : numpy.ndarray, list, tuple or ImageSource
+    X : numpy.ndarray, torch.Tensor, pandas.Series, pandas.DataFrame, list, tuple or ImageSource
         One of
 
         - a numpy array ``(n, H, W)`` (grayscale) or ``(n, H, W, C)`` with C in 1, 3, 4;
+        - a torch tensor, converted with ``.numpy()`` (after ``.cpu()``; bfloat16 through
+          float32) and then read as a numpy array, except that a 4-D tensor with 1 or 3
+          entries in its second axis is read channels first, ``(n, C, H, W)``, torch's own
+          layout (``torchvision``'s ``ToTensor`` and ``read_image``). Channels-first is
+          accepted for tensors only: numpy images are channels last by convention (PIL,
+          scikit-image, matplotlib), and a numpy ``(n, 3, H, W)`` array raises with a hint;
+        - a pandas Series, or a DataFrame with one column, of any of the items a list may
+          hold (below), e.g. the image-path column that a ``ColumnTransformer`` selects
+          (``"path"`` gives a Series, ``["path"]`` a one-column DataFrame). Items are taken
+          by position: ``X[i]`` in an error message is the i-th row, whatever the index;
         - a list or tuple of numpy arrays ``(H, W)`` or ``(H, W, C)`` of possibly different
           sizes, of PIL images (any mode), or of file paths (``str`` or ``os.PathLike``);
           items of different kinds may be mixed;
@@ -143,6 +154,8 @@ def as_image_source(X: Any) -> ImageSource:
     FileNotFoundError
         If a file path does not point to an existing file.
 
+    Notes
+    -----
     Files are only opened when an image is indexed: a file that cannot be decoded, or is
     larger than ``PIL.Image.MAX_IMAGE_PIXELS``, raises a ValueError naming its index and path
     then.
@@ -156,6 +169,9 @@ def as_image_source(X: Any) -> ImageSource:
     """
     if isinstance(X, ImageSource):
         return X
+    X = _from_pandas(X)
+    if isinstance(X, torch.Tensor):
+        return _stacked_array_source(_tensor_to_array(X))
     if isinstance(X, str | bytes | os.PathLike):
         raise TypeError(
             f"X is a single {type(X).__name__} ({X!r}); pass a list of file paths, e.g. [path]"
@@ -174,9 +190,53 @@ def as_image_source(X: Any) -> ImageSource:
     if isinstance(X, list | tuple):
         return _list_source(list(X))
     raise TypeError(
-        f"X has type {type(X).__name__}; expected a numpy array, or a list or tuple of numpy "
-        "arrays, PIL images or file paths"
+        f"X has type {type(X).__name__}; expected a numpy array, a torch tensor, a pandas "
+        "Series or one-column DataFrame, or a list or tuple of numpy arrays, PIL images or "
+        "file paths"
     )
+
+
+def _from_pandas(X: Any) -> Any:
+    """The items of a pandas Series or one-column DataFrame as a list; anything else as is.
+
+    Items are taken by position, so error messages name ``X[i]`` with ``i`` the row's
+    position, whatever the index labels are.
+    """
+    pandas = sys.modules.get("pandas")
+    if pandas is None:
+        return X
+    if isinstance(X, pandas.DataFrame):
+        if X.shape[1] != 1:
+            raise ValueError(
+                f"X is a DataFrame with {X.shape[1]} columns {list(X.columns)}; expected one "
+                "column of images or file paths (in a ColumnTransformer, select one column, "
+                'e.g. ["path"])'
+            )
+        X = X.iloc[:, 0]
+    if isinstance(X, pandas.Series):
+        return X.to_list()
+    return X
+
+
+def _tensor_to_array(X: torch.Tensor) -> np.ndarray:
+    """A numpy view of a stacked tensor, channels last.
+
+    Torch stores images channels first: a 4-D tensor whose second axis has 1 or 3 entries
+    is read as ``(n, C, H, W)``; any other tensor as a numpy array would be.
+    """
+    X = X.detach().cpu()
+    if X.dtype == torch.bfloat16:
+        # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
+        X = X.float()
+    try:
+        array = X.numpy()
+    except TypeError as error:
+        raise TypeError(
+            f"X is a torch tensor of dtype {X.dtype}; expected {_ACCEPTED_DTYPES}"
+        ) from error
+    if array.ndim == 4 and array.shape[1] in (1, 3):
+        array = array.transpose(0, 2, 3, 1)
+    return array
 
 
 def iter_batches(
@@ -242,7 +302,12 @@ def iter_batches(
 
 
 def load_images(
-    source: ImageSource | Any, image_size: int, batch_size: int = 256, num_workers: int = 0
+    source: ImageSource | Any,
+    image_size: int,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    *,
+    progress: Callable[[int], Any] | None = None,
 ) -> torch.Tensor:
     """Decode and resize all images into one uint8 tensor ``(n, 3, image_size, image_size)``.
 
@@ -256,6 +321,9 @@ def load_images(
         Number of images decoded per batch.
     num_workers : int, default=0
         Number of worker processes; 0 decodes in the calling process.
+    progress : callable, optional
+        Called with the number of images of every batch once it is decoded, e.g. a
+        ``tqdm`` bar's ``update``.
 
     Returns
     -------
@@ -271,6 +339,8 @@ def load_images(
     for batch in batches:
         images[start : start + len(batch)] = batch
         start += len(batch)
+        if progress is not None:
+            progress(len(batch))
     return images
 
 

@@ -11,7 +11,7 @@ the data set. Both resize with the same function, so they give the same batches 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -148,11 +148,18 @@ def decoded_bytes(n_images: int, image_size: int) -> int:
 
 
 def in_memory_images(
-    source: ImageSource | Any, image_size: int, batch_size: int = 256, num_workers: int = 0
+    source: ImageSource | Any,
+    image_size: int,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: Callable[[int], Any] | None = None,
 ) -> TrainingImages:
-    """Decode every image once into one uint8 tensor and serve batches from it."""
+    """Decode every image once into one uint8 tensor and serve batches from it.
+
+    ``progress`` is called with the number of images of every decoded batch.
+    """
     source = as_image_source(source)
-    images = load_images(source, image_size, batch_size, num_workers)
+    images = load_images(source, image_size, batch_size, num_workers, progress=progress)
     return TrainingImages(source, image_size, images)
 
 
@@ -170,6 +177,7 @@ def training_images(
     batch_size: int = 256,
     num_workers: int = 0,
     pin_memory: bool = False,
+    progress: Callable[[int], Any] | None = None,
 ) -> TrainingImages:
     """The training images in memory or streamed, as ``in_memory`` asks.
 
@@ -189,6 +197,9 @@ def training_images(
         DataLoader worker processes that decode.
     pin_memory : bool, default=False
         Page-locked streamed batches (for a GPU).
+    progress : callable, optional
+        Called with the number of images of every batch decoded into memory (for a progress
+        bar); never called when streaming.
 
     Returns
     -------
@@ -198,5 +209,5 @@ def training_images(
     if in_memory == "auto":
         in_memory = decoded_bytes(len(source), image_size) <= IN_MEMORY_LIMIT_BYTES
     if in_memory:
-        return in_memory_images(source, image_size, batch_size, num_workers)
+        return in_memory_images(source, image_size, batch_size, num_workers, progress)
     return streamed_images(source, image_size, num_workers, pin_memory)

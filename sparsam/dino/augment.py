@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MultiCropAugmentation", "normalize"]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# timm's constants under sparsam's names, which stay exported for existing imports.
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
 # ITU-R 601 luma, the weights torchvision's rgb_to_grayscale uses.
 _LUMA = (0.299, 0.587, 0.114)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from .._files import atomic_write, check_writable_directory
@@ -817,13 +818,16 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 
 def _parameter_groups(model: nn.Module) -> list[dict]:
-    """Weight decay on weight matrices only: not on biases and normalisation (as in DINO)."""
-    regularized, not_regularized = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if name.endswith(".bias") or parameter.ndim == 1:
-            not_regularized.append(parameter)
-        else:
-            regularized.append(parameter)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
+    """Weight decay on weight matrices only: not on biases and normalisation (as in DINO).
+
+    Two groups, ``[decay, no_decay]``, in this order (either may be empty): ``train_step`` sets
+    the scheduled weight decay on the first and 0 on the second, and checkpoints store the
+    optimizer state in this order.
+    """
+    # timm's grouping is DINO's (bias or ndim <= 1 exempt; no parameter of a DINO model is
+    # 0-dimensional), but it lists the groups [no_decay, decay] and drops empty ones. The
+    # placeholder decay is AdamW's default, which train_step replaces on every step.
+    groups = param_groups_weight_decay(model, weight_decay=0.01)
+    decay = [p for group in groups if group["weight_decay"] for p in group["params"]]
+    no_decay = [p for group in groups if not group["weight_decay"] for p in group["params"]]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
