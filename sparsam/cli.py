@@ -395,20 +395,15 @@ def _images_of_dataset(name: str, root: str | os.PathLike[str] | None) -> list[P
 
 
 def _images_in_folder(folder: Path) -> list[Path]:
-    found = []
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
-        found.extend(
-            Path(directory, name).absolute()
-            for name in files
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-        )
+    from .data.datasets import find_images
+
+    found = find_images(folder.absolute(), IMAGE_SUFFIXES)
     if not found:
         raise ValueError(
             f"The folder {str(folder)!r} holds no image: expected files with a suffix among "
             f"{', '.join(IMAGE_SUFFIXES)} (at any depth; hidden files and folders are skipped)."
         )
-    return sorted(found)
+    return found
 
 
 def _listed_image(entry: str, list_file: Path, line: int) -> Path:

@@ -50,6 +50,16 @@ RANK_SCRIPT = textwrap.dedent(
         return batches(self, indices)
 
     TrainingImages.batches = recording_batches
+    import sparsam.dino.trainer as trainer_module
+
+    atomic_write = trainer_module.atomic_write
+    record["written"] = []
+
+    def recording_write(path, *args, **kwargs):
+        record["written"].append(os.path.basename(path))
+        return atomic_write(path, *args, **kwargs)
+
+    trainer_module.atomic_write = recording_write
     if kill_at is not None:
         save = DinoTrainer._save_checkpoint
 
@@ -176,10 +186,26 @@ def test_rank_0_output_loads_with_load_backbone(two_rank_run):
 
 
 def test_only_rank_0_writes_checkpoints(two_rank_run):
-    params, _ = two_rank_run
+    params, out = two_rank_run
+    assert load_rank(out, 0)[1]["written"] == [f"dino_checkpoint_{s:09d}.pt" for s in (1, 2, 3, 4)]
+    assert load_rank(out, 1)[1]["written"] == []
     names = sorted(path.name for path in os.scandir(params["checkpoint_dir"]))
     # checkpoint_every=1 over 4 steps; the newest three are kept, no temporary files left.
     assert names == [f"dino_checkpoint_{step:09d}.pt" for step in (2, 3, 4)]
+
+
+def test_checkpoints_do_not_change_the_model(two_rank_run, tmp_path):
+    # Per-rank BatchNorm statistics (no SyncBatchNorm on the CPU) must not be merged only when
+    # a checkpoint is written: the run without checkpoints ends with the same teacher.
+    params, with_checkpoints = two_rank_run
+    params = {**params, "checkpoint_dir": None, "checkpoint_every": None}
+    result, out = torchrun(tmp_path, "without_checkpoints", params)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, _ = load_rank(with_checkpoints, 0)
+    for rank in (0, 1):
+        state, _ = load_rank(out, rank)
+        for name, tensor in state["teacher"].items():
+            assert torch.equal(tensor, expected["teacher"][name]), name
 
 
 def test_two_rank_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(
@@ -226,6 +252,6 @@ def test_sparsam_pretrain_under_torchrun_writes_a_loadable_backbone(tmp_path):
     backbone = load_backbone(tmp_path / "out")
     assert backbone.num_features == 32
     assert (tmp_path / "out" / "featurizer.joblib").is_file()
-    # 24 images, 2 ranks x 4: 3 steps; rank 0 alone wrote the epoch-end checkpoint.
+    # 24 images, 2 ranks x 4: 3 steps, one epoch-end checkpoint.
     names = [path.name for path in (tmp_path / "out" / "checkpoints").iterdir()]
     assert names == ["dino_checkpoint_000000003.pt"]

@@ -1,23 +1,14 @@
 """DinoFeaturizer against scikit-learn's estimator checks."""
 
+from conftest import TINY_PARAMS
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sparsam import DinoFeaturizer
 
-TINY_PARAMS = {
-    "backbone": "vit_tiny_patch16_224",
-    "backbone_kwargs": {"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2},
-    "image_size": 16,
-    "local_crop_size": 8,
-    "local_crops": 2,
-    "batch_size": 16,
-    "epochs": 1,
-    "out_dim": 64,
-    "head_hidden_dim": 32,
-    "head_bottleneck_dim": 16,
-    "warmup_epochs": 0,
-    "random_state": 0,
-    "verbose": 0,
+# The conftest's tiny ViT, at depth 2.
+CHECK_PARAMS = {
+    **TINY_PARAMS,
+    "backbone_kwargs": {**TINY_PARAMS["backbone_kwargs"], "depth": 2},
 }
 
 
@@ -94,7 +85,7 @@ EXPECTED_FAILED_CHECKS = {
 
 
 @parametrize_with_checks(
-    [CheckedDinoFeaturizer(**TINY_PARAMS)],
+    [CheckedDinoFeaturizer(**CHECK_PARAMS)],
     expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
     xfail_strict=True,
 )

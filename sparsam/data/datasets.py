@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "find_images",
     "load_bone_marrow",
     "load_demo",
     "load_hyperkvasir",
@@ -217,7 +218,7 @@ def load_hyperkvasir(root: str | os.PathLike[str], *, include_unlabeled: bool = 
                 f"Missing folder {str(unlabeled_folder)!r} in HyperKvasir root {str(root)!r}: "
                 "expected the unlabeled JPEG images there (include_unlabeled=True)."
             )
-        unlabeled = _find_images(unlabeled_folder, _JPEG_EXTENSIONS)
+        unlabeled = find_images(unlabeled_folder, _JPEG_EXTENSIONS)
         if not unlabeled:
             raise FileNotFoundError(
                 f"No JPEG images in {str(unlabeled_folder)!r} (HyperKvasir root {str(root)!r})."
@@ -539,7 +540,12 @@ def _has_direct_images(folder: Path, suffixes: tuple[str, ...]) -> bool:
     )
 
 
-def _find_images(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def find_images(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Image files below ``folder`` at any depth, sorted by path.
+
+    Files whose lower-cased suffix is one of ``suffixes`` count; hidden files and folders
+    (names starting with ".") and archivers' folders such as ``__MACOSX`` are skipped.
+    """
     found = []
     for directory, subdirectories, files in os.walk(folder):
         subdirectories[:] = sorted(name for name in subdirectories if not _is_ignored(name))
@@ -555,7 +561,7 @@ def _collect_classes(
     class_folders: dict[str, Path], suffixes: tuple[str, ...], description: str
 ) -> Dataset:
     class_names = sorted(class_folders)
-    images_per_class = [_find_images(class_folders[name], suffixes) for name in class_names]
+    images_per_class = [find_images(class_folders[name], suffixes) for name in class_names]
     empty = [
         str(class_folders[name])
         for name, images in zip(class_names, images_per_class, strict=True)

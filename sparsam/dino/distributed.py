@@ -129,8 +129,8 @@ def average_batchnorm_statistics(module: nn.Module) -> None:
     """Average the BatchNorm running statistics of ``module`` over the ranks, in place.
 
     Without SyncBatchNorm (which torch offers on GPUs only) every rank's running statistics
-    follow its own shard of the data; averaging them gives every rank the same model, with
-    statistics of all the data.
+    follow its own shard of the data. Averaged after every update, they are the running
+    average of the ranks' mean batch statistics, the same on every rank.
     """
     if not is_distributed() or world_size() == 1:
         return

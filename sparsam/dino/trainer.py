@@ -224,6 +224,7 @@ class DinoTrainer:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_keep = checkpoint_keep
         self._distributed_student: nn.Module | None = None
+        self._average_teacher_statistics = False
         self._step = 0
         self._shard: tuple[int, int | None] = (0, None)
         self.autocast_dtype = autocast_dtype
@@ -331,7 +332,6 @@ class DinoTrainer:
             finally:
                 self._unwrap_for_distributed()
                 images.close()
-        average_batchnorm_statistics(self.teacher)
         if is_main_process():
             self._warn_if_collapsed()
         return self.history
@@ -424,11 +424,14 @@ class DinoTrainer:
                 "warmup_epochs, or use precision='fp32'."
             )
         self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():
-            # DDP's note on XCiT's depthwise convolutions, whose gradients come in another
-            # memory layout than its buckets: a copy per step, not an error.
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+        if self._distributed_student is None:
             loss.backward()
+        else:
+            with warnings.catch_warnings():
+                # DDP's note on XCiT's depthwise convolutions, whose gradients come in another
+                # memory layout than its buckets: a copy per step, not an error.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+                loss.backward()
         if warming_up and self._distributed_student is not None:
             for parameter in self.student.backbone.parameters():
                 parameter.grad = None
@@ -440,6 +443,10 @@ class DinoTrainer:
                 parameter.grad = None
         self.optimizer.step()
         self._update_teacher(values["teacher_momentum"])
+        if self._average_teacher_statistics:
+            # Every step, so that the model does not depend on when checkpoints are written,
+            # and a checkpoint holds the statistics every rank has.
+            average_batchnorm_statistics(self.teacher)
         return {"loss": dino_loss.item(), **{name: value.item() for name, value in stats.items()}}
 
     def _wrap_for_distributed(self) -> None:
@@ -448,9 +455,11 @@ class DinoTrainer:
         if self.device.type == "cuda":
             # DINO: SyncBatchNorm, so that BatchNorm sees the global batch (torch has it on
             # GPUs only; on the CPU every rank normalises with its own batch, and the teacher's
-            # running statistics are averaged over the ranks after every epoch).
+            # running statistics are averaged over the ranks after every step).
             to_sync_batchnorm(self.student)
             to_sync_batchnorm(self.teacher)
+        else:
+            self._average_teacher_statistics = True
         # The parameter set DistributedDataParallel reduces is fixed at construction.
         self.student.backbone.requires_grad_(True)
         self._distributed_student = nn.parallel.DistributedDataParallel(
@@ -461,6 +470,7 @@ class DinoTrainer:
         if self._distributed_student is None:
             return
         self._distributed_student = None
+        self._average_teacher_statistics = False
         to_batchnorm(self.student)
         to_batchnorm(self.teacher)
 
@@ -610,7 +620,6 @@ class DinoTrainer:
             if self.device.type == "cuda"
             else []
         )
-        average_batchnorm_statistics(self.teacher)
         if not is_main_process():
             return None
         order = position.order if position.order is not None else torch.empty(0, dtype=torch.long)
