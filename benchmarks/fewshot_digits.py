@@ -1,6 +1,6 @@
 """Few-shot accuracy of DINO features on digits: sparsam against lightly's DINO loop.
 
-Trains sparsam's demo recipe (``sparsam.cli.DIGITS_RECIPE``) on the 1,797 digits, then gives
+Trains sparsam's demo recipe (``sparsam.recipes.DIGITS_RECIPE``) on the 1,797 digits, then gives
 lightly's DINO loop (``../shared/bench/lightly_dino_ref.py``) the same backbone, image size,
 crops, head, batch size and wall-clock minutes, and prints one table with the same protocol
 (SVC on the teacher's features; train/test = stratified halves, random_state=0; 5 draws of N
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsam.cli import DIGITS_RECIPE, compare_on_digits
+from sparsam.cli import compare_on_digits
 from sparsam.datasets import load_demo
 from sparsam.model_selection import format_few_shot_table
+from sparsam.recipes import DIGITS_RECIPE
 
 DEFAULT_PEER = Path(__file__).resolve().parents[1].parent / "shared/bench/lightly_dino_ref.py"
 

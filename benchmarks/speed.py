@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from sparsam import DinoFeaturizer
-from sparsam.cli import DIGITS_RECIPE
 from sparsam.datasets import load_demo
 from sparsam.dino.trainer import resolve_precision
+from sparsam.recipes import DIGITS_RECIPE
 
 DEFAULT_PEER = Path(__file__).resolve().parents[1].parent / "shared/bench/lightly_dino_ref.py"
 

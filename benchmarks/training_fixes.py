@@ -1,6 +1,6 @@
 """Before/after few-shot accuracy on digits for the DINO training fixes of issue 7.
 
-Each row trains sparsam's digits recipe (``sparsam.cli.DIGITS_RECIPE``, fewer epochs) with one
+Each row trains sparsam's digits recipe (``sparsam.recipes.DIGITS_RECIPE``, fewer epochs) with one
 change and prints balanced accuracy with N labeled images per class (SVC on the teacher's
 features, the protocol of ``sparsam.model_selection.few_shot_scores``: stratified halves,
 5 draws). "Before" rows restore the old behaviour of one item only:
@@ -37,12 +37,12 @@ import numpy as np
 import torch
 
 from sparsam import DinoFeaturizer, save_backbone
-from sparsam.cli import DIGITS_RECIPE
 from sparsam.data import iter_batches
 from sparsam.datasets import load_demo
 from sparsam.dino import DinoTrainer
 from sparsam.dino.augment import normalize
 from sparsam.model_selection import few_shot_scores, format_few_shot_table
+from sparsam.recipes import DIGITS_RECIPE
 
 XCIT = {
     "backbone": "xcit_small_12_p8_224",

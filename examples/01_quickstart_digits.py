@@ -1,7 +1,7 @@
 """Quickstart: DINO on the bundled digits, then a few-shot SVC against the untrained backbone.
 
 Trains a ``DinoFeaturizer`` with the small-data recipe of ``sparsam demo``
-(``sparsam.cli.DIGITS_RECIPE``: a 4-block, 96-wide ViT on 16 px images) on all 1,797
+(``sparsam.recipes.DIGITS_RECIPE``: a 4-block, 96-wide ViT on 16 px images) on all 1,797
 handwritten digits that come with scikit-learn, without their labels. Then
 ``make_pipeline(FrozenEstimator(featurizer), StandardScaler(), SVC())`` is scored with
 ``sparsam.few_shot_curve`` at 1, 5, 10 and 25 labeled images per class and compared with the
@@ -32,9 +32,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from sparsam import DinoFeaturizer, few_shot_curve
-from sparsam.cli import DIGITS_RECIPE
 from sparsam.datasets import load_demo
 from sparsam.model_selection import format_few_shot_table
+from sparsam.recipes import DIGITS_RECIPE
 
 
 def digits_recipe(epochs: int, random_state: int) -> dict:

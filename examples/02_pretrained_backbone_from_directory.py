@@ -37,9 +37,9 @@ import torch
 
 import sparsam
 from sparsam import DinoFeaturizer
-from sparsam.cli import DIGITS_RECIPE
 from sparsam.datasets import load_demo
 from sparsam.dino import CollapseWarning
+from sparsam.recipes import DIGITS_RECIPE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

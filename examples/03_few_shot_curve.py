@@ -42,9 +42,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from sparsam import DinoFeaturizer, FewShotSplit, few_shot_curve
-from sparsam.cli import DIGITS_RECIPE
 from sparsam.datasets import load_demo
 from sparsam.plotting import plot_confusion_matrix, plot_few_shot_curve
+from sparsam.recipes import DIGITS_RECIPE
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 

@@ -34,8 +34,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from sparsam import DinoFeaturizer, FewShotSplit
-from sparsam.cli import DIGITS_RECIPE
 from sparsam.datasets import load_demo
+from sparsam.recipes import DIGITS_RECIPE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -37,9 +37,9 @@ from sklearn.semi_supervised import SelfTrainingClassifier
 from sklearn.svm import SVC
 
 from sparsam import DinoFeaturizer, FewShotSplit
-from sparsam.cli import DIGITS_RECIPE
 from sparsam.datasets import load_demo
 from sparsam.model_selection import LabeledOnly
+from sparsam.recipes import DIGITS_RECIPE
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

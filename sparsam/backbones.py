@@ -804,6 +804,9 @@ def _history_summary(history: Mapping[str, Any], recipe: Mapping[str, Any]) -> s
         out_dim = recipe.get("out_dim")
         if isinstance(out_dim, int) and out_dim > 1:
             text += f" (uniform collapse would be ln(out_dim) = {math.log(out_dim):.3f})"
+    ranks = [float(value) for value in history.get("rankme", [])]
+    if ranks and math.isfinite(ranks[-1]):
+        text += f", final RankMe {ranks[-1]:.1f} (best {max(ranks):.1f})"
     return text + "."
 
 

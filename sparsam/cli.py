@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import PRETRAINED_BACKBONES, convert_checkpoint, push_backbone
+from .recipes import DIGITS_RECIPE
 
 __all__ = [
     "DIGITS_RECIPE",
@@ -36,35 +37,6 @@ __all__ = [
     "run_evaluate",
     "run_pretrain",
 ]
-
-# The small-data recipe found on digits; benchmarks/RESULTS.md has the measurements behind
-# each choice and docs/small_data_recipe.md explains them.
-DIGITS_RECIPE: dict[str, Any] = {
-    "backbone": "vit_small_patch16_224",
-    # 4 blocks, 96 wide, patch 4 at 16 px: 16 tokens, ~0.15 s per step of 64 images on 2 cores.
-    "backbone_kwargs": {"embed_dim": 96, "depth": 4, "num_heads": 3, "patch_size": 4},
-    "image_size": 16,
-    "local_crop_size": 8,
-    "local_crops": 6,
-    "batch_size": 64,
-    "epochs": 60,
-    "global_crop_scale": (0.4, 1.0),
-    "local_crop_scale": (0.1, 0.4),
-    # Digits have an up and a down: flips and large rotations would destroy the label.
-    "horizontal_flip": 0.0,
-    "vertical_flip": 0.0,
-    "rotation": 15.0,
-    "perspective": 0.0,
-    "out_dim": 256,
-    "head_hidden_dim": 512,
-    "head_bottleneck_dim": 64,
-    "koleo_weight": 0.1,
-    "lr": 2e-3,
-    "warmup_epochs": 10,
-    "teacher_momentum": 0.99,
-    "teacher_temperature": 0.04,
-    "precision": "fp32",
-}
 
 
 def compare_on_digits(
@@ -125,7 +97,8 @@ def run_demo(
     print(
         f"\nDINO on digits: {params['epochs']} epochs in {minutes:.1f} min; final loss "
         f"{history['loss'][-1]:.3f}, teacher entropy {history['teacher_entropy'][-1]:.2f} "
-        f"(ln(out_dim) = {np.log(params['out_dim']):.2f})"
+        f"(ln(out_dim) = {np.log(params['out_dim']):.2f}); RankMe "
+        f"{trained.initial_rankme_:.1f} untrained -> {history['rankme'][-1]:.1f}"
     )
     print("Balanced accuracy, mean ± std over 5 draws, N labeled images per class:\n")
     print(format_few_shot_table(rows))
@@ -614,7 +587,9 @@ def _training_summary(featurizer: Any, minutes: float) -> str:
     return (
         f"DINO: {len(history['loss'])} epochs in {minutes:.1f} min; final loss "
         f"{history['loss'][-1]:.3f}, teacher entropy {history['teacher_entropy'][-1]:.2f} "
-        f"(ln(out_dim) = {np.log(featurizer.out_dim):.2f} means collapse)"
+        f"(ln(out_dim) = {np.log(featurizer.out_dim):.2f} means collapse); RankMe "
+        f"{featurizer.initial_rankme_:.1f} untrained -> {history['rankme'][-1]:.1f} "
+        f"(label-free, higher is better)"
     )
 
 

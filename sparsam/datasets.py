@@ -19,6 +19,8 @@ loader                   download it expects
                          ``train/*.jpg``), or ``train/*.dcm`` with ``image_format="dicom"``
 `load_medmnist`          one split of a MedMNIST v2 ``.npz`` file (e.g. ``bloodmnist.npz``)
 `load_demo`              nothing: scikit-learn's bundled 8x8 handwritten digits
+`make_cytology`          nothing: seeded synthetic white blood cells (class = morphology)
+`make_tissue_textures`   nothing: seeded synthetic tissue patches (class = texture and colour)
 =======================  =========================================================================
 
 Examples
@@ -38,6 +40,7 @@ from sparsam.data.datasets import (
     load_isic2020,
     load_medmnist,
 )
+from sparsam.data.synthetic import make_cytology, make_tissue_textures
 
 __all__ = [
     "load_bone_marrow",
@@ -47,4 +50,6 @@ __all__ = [
     "load_isic2019",
     "load_isic2020",
     "load_medmnist",
+    "make_cytology",
+    "make_tissue_textures",
 ]

@@ -253,9 +253,21 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Width of the embeddings.
     history_ : dict of list
         Per-epoch ``loss``, ``teacher_entropy``, ``teacher_mean_entropy``, ``kl``, ``lr``,
-        ``weight_decay``, ``teacher_momentum``, ``teacher_temperature``, ``seconds`` and,
-        when ``koleo_weight > 0``, ``koleo``; empty when ``epochs=0``. A teacher entropy
-        near ln(out_dim) means collapse.
+        ``weight_decay``, ``teacher_momentum``, ``teacher_temperature``, ``seconds``,
+        ``rankme`` and, when ``koleo_weight > 0``, ``koleo``; empty when ``epochs=0``. A
+        teacher entropy near ln(out_dim) means collapse. ``rankme`` is
+        `sparsam.model_selection.rankme` of what ``transform`` would return, at the end of
+        the epoch, for up to 512 (``sparsam.dino.trainer.QUALITY_IMAGES``) training images
+        at evenly spaced indices: the effective number of dimensions the embeddings spread
+        over (1 to the smaller of the image count and ``n_features_out_``), a label-free
+        measure that went with downstream accuracy in Garrido et al. (ICML 2023). Measuring
+        it changes neither the weights nor any random draw.
+    initial_rankme_ : float
+        The same measure of the starting backbone on the same images, before any training
+        step (also in a run resumed from ``checkpoint_dir``). Higher means embeddings spread
+        over more dimensions; ``history_["rankme"]`` falling below ``initial_rankme_`` is a
+        sign that training made the features less diverse (dimensional collapse). NaN when
+        ``epochs=0``, whose ``fit`` decodes no images.
     data_config_ : dict
         ``mean``, ``std``, ``image_size`` and ``interpolation`` used by ``transform``.
     weights_digest_ : str
@@ -489,6 +501,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                     stacklevel=2,
                 )
             teacher = backbone
+            self.initial_rankme_ = math.nan
         else:
             # Built before decoding: an unwritable checkpoint_dir fails here, not hours later.
             trainer = DinoTrainer(
@@ -512,11 +525,14 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 def progress(epoch: int, row: dict[str, float]) -> None:
                     bar.n = epoch + 1
                     bar.set_postfix(
-                        loss=f"{row['loss']:.3f}", entropy=f"{row['teacher_entropy']:.2f}"
+                        loss=f"{row['loss']:.3f}",
+                        entropy=f"{row['teacher_entropy']:.2f}",
+                        rankme=f"{row['rankme']:.1f}",
                     )
 
                 self.history_ = trainer.fit(images, generator, progress)
             teacher = trainer.teacher.backbone
+            self.initial_rankme_ = trainer.initial_rankme
         self.backbone_ = teacher.eval().requires_grad_(False)
         self.n_features_out_ = int(self.backbone_.num_features)
         self.weights_digest_ = weights_digest(self.backbone_, self.data_config_)

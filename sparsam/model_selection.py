@@ -3,7 +3,8 @@
 `FewShotSplit` and `few_shot_curve` implement the paper's protocol (exactly ``N``
 labels per class, repeated draws, balanced accuracy); `paper_classifiers` gives its three
 downstream classifiers; `LabeledOnly` lets a pipeline train its featurizer on every
-image and its classifier on the labeled ones.
+image and its classifier on the labeled ones. `rankme` judges embeddings without labels
+(their effective rank; Garrido et al. 2023).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _num_samples, check_is_fitted, column_or_1d
 
 from ._files import atomic_write
+from .dino.quality import rankme
 
 __all__ = [
     "FewShotCurveResult",
@@ -42,6 +44,7 @@ __all__ = [
     "few_shot_scores",
     "format_few_shot_table",
     "paper_classifiers",
+    "rankme",
 ]
 
 

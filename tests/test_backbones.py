@@ -185,6 +185,7 @@ def test_saved_featurizer_card_records_recipe_and_history(fitted_featurizer, tmp
     assert f"DINO ran {len(history['loss'])} epochs" in card
     assert f"final loss {history['loss'][-1]:.4f}" in card
     assert f"final teacher entropy {history['teacher_entropy'][-1]:.3f}" in card
+    assert f"final RankMe {history['rankme'][-1]:.1f} (best {max(history['rankme']):.1f})" in card
     assert f'"hf-hub:{REPO_ID}"' in card
     loaded = load_backbone(path)
     assert torch.equal(embed(loaded, images), embed(fitted_featurizer.backbone_, images))

@@ -16,6 +16,8 @@ from sparsam.datasets import (
     load_isic2019,
     load_isic2020,
     load_medmnist,
+    make_cytology,
+    make_tissue_textures,
 )
 
 ISIC2019_HEADER = "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK"
@@ -89,7 +91,7 @@ def _medmnist_arrays(train_labels: np.ndarray) -> dict[str, np.ndarray]:
 # Public module
 
 
-def test_public_module_exports_every_loader():
+def test_public_module_exports_every_loader_and_generator():
     assert sorted(sparsam.datasets.__all__) == [
         "load_bone_marrow",
         "load_demo",
@@ -98,6 +100,8 @@ def test_public_module_exports_every_loader():
         "load_isic2019",
         "load_isic2020",
         "load_medmnist",
+        "make_cytology",
+        "make_tissue_textures",
     ]
 
 
@@ -546,3 +550,45 @@ def test_demo_upscales_images_to_image_size_within_unit_range():
 def test_demo_rejects_image_size_that_is_not_a_positive_int(image_size):
     with pytest.raises(ValueError, match="image_size must be a positive int"):
         load_demo(image_size=image_size)
+
+
+# --- synthetic sets of the few-shot suite ---------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [make_cytology, make_tissue_textures])
+def test_synthetic_sets_are_balanced_uint8_rgb_images(make):
+    images, labels, class_names = make(24, image_size=16)
+    assert images.shape == (24, 16, 16, 3)
+    assert images.dtype == np.uint8
+    assert len(class_names) == 8
+    assert np.bincount(labels).tolist() == [3] * 8
+    # Not blank: every image has structure and colour.
+    assert images.reshape(24, -1).std(axis=1).min() > 5
+
+
+@pytest.mark.parametrize("make", [make_cytology, make_tissue_textures])
+def test_synthetic_image_depends_only_on_the_seed_and_its_index(make):
+    short, _, _ = make(5, random_state=3)
+    longer, _, _ = make(9, random_state=3)
+    other, _, _ = make(5, random_state=4)
+    assert np.array_equal(short, longer[:5])
+    assert not np.array_equal(short, other)
+
+
+@pytest.mark.parametrize("make", [make_cytology, make_tissue_textures])
+@pytest.mark.parametrize(
+    ("argument", "value"), [("n_samples", 0), ("image_size", 4), ("random_state", 1.5)]
+)
+def test_synthetic_sets_refuse_bad_arguments_naming_them(make, argument, value):
+    arguments = {"n_samples": 4, "image_size": 16, "random_state": 0, argument: value}
+    n_samples = arguments.pop("n_samples")
+    with pytest.raises(ValueError, match=argument):
+        make(n_samples, **arguments)
+
+
+def test_synthetic_texture_classes_differ_in_colour_and_in_texture():
+    # The class is texture and colour together: each alone separates only some classes.
+    images, labels, class_names = make_tissue_textures(400, image_size=32)
+    hue_share = images[..., 0].astype(float).mean(axis=(1, 2)) - images[..., 1].mean(axis=(1, 2))
+    eosin = np.array(["eosin" in class_names[label] for label in labels])
+    assert hue_share[eosin].mean() > hue_share[~eosin].mean() + 10

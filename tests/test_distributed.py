@@ -46,7 +46,11 @@ RANK_SCRIPT = textwrap.dedent(
     batches = TrainingImages.batches
 
     def recording_batches(self, indices):
-        record["batches"].extend(index.tolist() for index in indices)
+        # The first call fetches the fixed RankMe images (no training); the rest are training.
+        if "quality" not in record:
+            record["quality"] = [index.tolist() for index in indices]
+        else:
+            record["batches"].extend(index.tolist() for index in indices)
         return batches(self, indices)
 
     TrainingImages.batches = recording_batches

@@ -34,6 +34,7 @@ HISTORY_KEYS = {
     "teacher_temperature",
     "seconds",
     "koleo",
+    "rankme",
 }
 
 

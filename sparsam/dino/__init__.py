@@ -6,6 +6,7 @@ Nothing here imports scikit-learn; ``sparsam.DinoFeaturizer`` is the sklearn fac
 from .augment import MultiCropAugmentation
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss
+from .quality import rankme
 from .schedules import cosine_schedule, warmup_then_constant
 from .trainer import CollapseWarning, DinoTrainer, TrainingConfig
 
@@ -18,5 +19,6 @@ __all__ = [
     "MultiCropModel",
     "TrainingConfig",
     "cosine_schedule",
+    "rankme",
     "warmup_then_constant",
 ]

@@ -25,7 +25,7 @@ from torch import nn
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
-from .augment import MultiCropAugmentation
+from .augment import MultiCropAugmentation, normalize
 from .distributed import (
     average_batchnorm_statistics,
     broadcast_object,
@@ -39,6 +39,7 @@ from .distributed import (
 )
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss, koleo_loss
+from .quality import rankme
 from .schedules import cosine_schedule, warmup_then_constant
 
 __all__ = [
@@ -55,6 +56,10 @@ logger = logging.getLogger("sparsam")
 # dino_checkpoint_<global steps done, 9 digits>.pt: names sort by age, and only files named so
 # are ever resumed from or pruned.
 CHECKPOINT_PATTERN = re.compile(r"dino_checkpoint_(\d{9})\.pt")
+# Training images RankMe is measured on after every epoch, at most: a few batches of
+# inference per epoch, kept on the device as uint8 (77 MB at 224 px). RankMe cannot exceed
+# the number of images, and 512 is above the width of the paper's XCiT-S12 (384).
+QUALITY_IMAGES = 512
 
 
 def checkpoint_name(step: int) -> str:
@@ -192,7 +197,18 @@ class DinoTrainer:
         Backbone + head of each side; ``teacher.backbone`` is what the features come from.
     history : dict of list
         Per-epoch ``loss``, ``teacher_entropy``, ``teacher_mean_entropy``, ``kl``, ``lr``,
-        ``weight_decay``, ``teacher_momentum``, ``teacher_temperature``, ``seconds``.
+        ``weight_decay``, ``teacher_momentum``, ``teacher_temperature``, ``seconds`` and
+        ``rankme``: the `rankme` of ``teacher.backbone``'s CLS embeddings of the quality
+        images at the end of the epoch. The quality images are at most `QUALITY_IMAGES`
+        training images at evenly spaced indices (no random draw), embedded as
+        ``DinoFeaturizer.transform`` would (eval mode, BatchNorm on its running statistics,
+        the training autocast, normalised with the augmentation's ``mean`` and ``std``);
+        measuring changes neither the training nor its random draws. NaN when there are
+        fewer than 2 training images.
+    initial_rankme : float
+        The same measure of the starting teacher, set by ``fit`` before any training step
+        and before a checkpoint is resumed, so that a resumed run reports the same value as
+        an uninterrupted one; NaN before ``fit``.
     """
 
     def __init__(
@@ -241,6 +257,8 @@ class DinoTrainer:
         self._set_training_modes()
         self.optimizer = torch.optim.AdamW(_parameter_groups(self.student))
         self.history: dict[str, list[float]] = {}
+        self.initial_rankme = math.nan
+        self._quality_images: torch.Tensor | None = None
         self._initial_weights = weights_digest(self.student, {})
 
     def fit(
@@ -293,6 +311,7 @@ class DinoTrainer:
             self._settings(images, generator, ranks) if self.checkpoint_dir is not None else {}
         )
         images.to(self.device)
+        self._quality_images = _quality_images(images).to(self.device)
         # DINO's own batch slice of this rank: augmentation draws for the whole global batch
         # and keeps this rank's part, so 2 ranks x 8 images see the crops 1 x 16 would.
         self._shard = (this_rank * batch_size, global_batch)
@@ -302,6 +321,7 @@ class DinoTrainer:
             seed = int(torch.randint(2**62, (1,), generator=generator))
             # Each rank its own drop-path masks.
             self._seed_global_generators(seed + this_rank)
+            self.initial_rankme = self._teacher_rankme()
             position = self._resume(generator, settings)
             self._set_training_modes()
             self._wrap_for_distributed()
@@ -311,17 +331,20 @@ class DinoTrainer:
                         order = torch.randperm(n_images, generator=generator)
                         position = _Position(epoch, 0, order, {})
                     row = self._train_epoch(images, generator, position, plan, interrupted)
+                    row["rankme"] = self._teacher_rankme()
                     for name, value in row.items():
                         self.history.setdefault(name, []).append(value)
                     if is_main_process():
                         logger.info(
-                            "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), KL %.4f",
+                            "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), "
+                            "KL %.4f, RankMe %.1f",
                             epoch + 1,
                             config.epochs,
                             row["loss"],
                             row["teacher_entropy"],
                             self.loss.max_entropy,
                             row["kl"],
+                            row["rankme"],
                         )
                     position = _Position(epoch + 1, 0, None, {})
                     path = self._save_checkpoint(position, generator, plan)
@@ -332,6 +355,7 @@ class DinoTrainer:
             finally:
                 self._unwrap_for_distributed()
                 images.close()
+                self._quality_images = None
         if is_main_process():
             self._warn_if_collapsed()
         return self.history
@@ -514,6 +538,29 @@ class DinoTrainer:
             )
         logger.warning(message)
         raise KeyboardInterrupt(message)
+
+    def _teacher_rankme(self) -> float:
+        """`rankme` of the teacher backbone's embeddings of the quality images."""
+        images = self._quality_images
+        if images is None or len(images) < 2:
+            return math.nan
+        backbone = self.teacher.backbone
+        # Eval mode, as transform embeds: BatchNorm reads its running statistics and leaves
+        # them alone, and no drop-path draws from the generators training uses.
+        backbone.eval()
+        try:
+            with torch.inference_mode(), self._autocast():
+                embeddings = torch.cat(
+                    [
+                        backbone(
+                            normalize(chunk, self.augmentation.mean, self.augmentation.std)
+                        ).float()
+                        for chunk in images.split(self.config.batch_size)
+                    ]
+                )
+        finally:
+            self._set_training_modes()
+        return rankme(embeddings)
 
     def _seed_global_generators(self, seed: int) -> None:
         # Only the generators fit forks: the CPU's and the training device's.
@@ -712,6 +759,16 @@ class _Position:
     step: int
     order: torch.Tensor | None
     totals: dict[str, float] = field(default_factory=dict)
+
+
+def _quality_images(images: TrainingImages) -> torch.Tensor:
+    """The uint8 training images RankMe is measured on: at most `QUALITY_IMAGES`, evenly spaced."""
+    n_images = len(images)
+    count = min(n_images, QUALITY_IMAGES)
+    indices = torch.linspace(0, n_images - 1, count).round().long().unique()
+    # list() drains the batch iterator, so that a streamed loader is not left mid-epoch.
+    (batch,) = list(images.batches([indices]))
+    return batch
 
 
 def _schedules(config: TrainingConfig, global_batch: int, steps_per_epoch: int) -> dict:

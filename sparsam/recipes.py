@@ -1,0 +1,105 @@
+"""Settings of `sparsam.DinoFeaturizer` for small data sets trained on a CPU.
+
+The paper's recipe (the estimator's defaults: XCiT-S12/8, 224 px, 100 epochs) needs GPUs and
+large archives. `small_data_recipe` is the preset for a few thousand small images on a CPU,
+chosen from the image size and the number of images only, never per data set: it was selected
+by the mean over the few-shot suite (``benchmarks/fewshot_suite.py``; digits, synthetic
+cytology, synthetic tissue textures), and ``benchmarks/RESULTS.md`` reports every setting tried,
+the losing ones included. ``docs/small_data_recipe.md`` explains each choice.
+
+Examples
+--------
+>>> from sparsam import DinoFeaturizer
+>>> from sparsam.recipes import small_data_recipe
+>>> params = small_data_recipe(image_size=32, n_images=2400)
+>>> featurizer = DinoFeaturizer(**params, random_state=0)
+>>> params["image_size"], params["epochs"]
+(32, 46)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["DIGITS_RECIPE", "small_data_recipe"]
+
+# Steps, not minutes, decide whether a small data set learns (docs/small_data_recipe.md): the
+# recipe aims at this many optimiser steps whatever the number of images (60 epochs of digits).
+TARGET_STEPS = 1680
+BATCH_SIZE = 64
+
+# What every size shares; benchmarks/RESULTS.md has the measurements behind each choice.
+_BASE: dict[str, Any] = {
+    "backbone": "vit_small_patch16_224",
+    # 4 blocks, 96 wide, 16 tokens: ~0.15-0.25 s per step of 64 images on 2 cores.
+    "backbone_kwargs": {"embed_dim": 96, "depth": 4, "num_heads": 3},
+    "local_crops": 6,
+    "batch_size": BATCH_SIZE,
+    "global_crop_scale": (0.4, 1.0),
+    "local_crop_scale": (0.1, 0.4),
+    # Images may have an up and a down (digits, text, chest X-rays): flips and large
+    # rotations would destroy the label there.
+    "horizontal_flip": 0.0,
+    "vertical_flip": 0.0,
+    "rotation": 15.0,
+    "perspective": 0.0,
+    # No colour augmentation beyond brightness and contrast: hue, saturation, grayscale and
+    # solarisation remove colour cues that may be the class (stained tissue). Best suite mean
+    # of the four colour settings tried (benchmarks/RESULTS.md): it lost 0.08 on the
+    # cytology set, where stain colour is a nuisance, and gained 0.11 on the tissue set and
+    # 0.05 on digits (solarisation hurt the digits).
+    "color_jitter": (0.4, 0.4, 0.0, 0.0),
+    "grayscale": 0.0,
+    "solarization": 0.0,
+    "out_dim": 256,
+    "head_hidden_dim": 512,
+    "head_bottleneck_dim": 64,
+    "koleo_weight": 0.1,
+    "lr": 2e-3,
+    "teacher_momentum": 0.99,
+    "teacher_temperature": 0.04,
+    "precision": "fp32",
+}
+
+
+def small_data_recipe(*, image_size: int, n_images: int) -> dict[str, Any]:
+    """`DinoFeaturizer` parameters for ``n_images`` images of ``image_size`` pixels on a CPU.
+
+    A 4-block, 96-wide ViT whose patches give 16 tokens (patch 4 at 16 px, patch 8 at 32 px),
+    so that a step of 64 images takes about 0.15-0.25 s on 2 CPU cores; images of 16 px or
+    less train at 16 px, larger ones at 32 px. Epochs are set so that training takes about
+    1,680 steps (at least 10 epochs, at most 300), with a warm-up of a sixth of them. No
+    flips and rotations up to 15° only, since images may have an orientation.
+
+    Parameters
+    ----------
+    image_size : int
+        Side of the (square) input images in pixels.
+    n_images : int
+        Number of unlabeled training images.
+
+    Returns
+    -------
+    params : dict
+        Keyword arguments of `sparsam.DinoFeaturizer`; add ``random_state`` and override
+        what you like.
+    """
+    for name, value in (("image_size", image_size), ("n_images", n_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    size = 16 if image_size <= 16 else 32
+    steps_per_epoch = max(1, n_images // BATCH_SIZE)
+    epochs = min(300, max(10, math.ceil(TARGET_STEPS / steps_per_epoch)))
+    return {
+        **_BASE,
+        "backbone_kwargs": {**_BASE["backbone_kwargs"], "patch_size": size // 4},
+        "image_size": size,
+        "local_crop_size": size // 2,
+        "epochs": epochs,
+        "warmup_epochs": max(1, epochs // 6),
+    }
+
+
+# The demo's recipe: the small-data recipe for the 1,797 digits of 8 x 8 pixels.
+DIGITS_RECIPE: dict[str, Any] = small_data_recipe(image_size=8, n_images=1797)
