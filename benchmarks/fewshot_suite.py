@@ -391,7 +391,6 @@ def main(argv: list[str] | None = None) -> None:
         for measure in MEASURES:
             print(f"\n{correlation_table(args.log, measure)}")
         return
-    torch.set_num_threads(torch.get_num_threads())
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     overrides = parse_settings(args.settings)
     tables = []
