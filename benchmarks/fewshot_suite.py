@@ -275,6 +275,21 @@ MEASURES = {
 }
 
 
+def latest_runs(entries: list[dict]) -> list[dict]:
+    """Only the newest run of each (data set, tag, seed): a rerun (e.g. to log α-ReQ) replaces
+    the earlier one in the correlation tables instead of counting its points twice."""
+    newest = {}
+    for entry in entries:
+        if entry["arm"] == "sparsam":
+            newest[(entry["dataset"], entry["tag"], entry["seed"])] = entry["run"]
+    return [
+        entry
+        for entry in entries
+        if entry["arm"] != "sparsam"
+        or newest[(entry["dataset"], entry["tag"], entry["seed"])] == entry["run"]
+    ]
+
+
 def correlation_table(log: Path, measure: str = "RankMe") -> str:
     """Spearman ρ between a label-free measure and mean accuracy at N=10 over DINO embeddings.
 
@@ -284,7 +299,9 @@ def correlation_table(log: Path, measure: str = "RankMe") -> str:
     epochs (does it pick the epoch?).
     """
     value = MEASURES[measure]
-    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    entries = latest_runs(
+        [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    )
     entries = [entry for entry in entries if value(entry) is not None]
     lines = [
         f"{measure}: Spearman ρ against balanced accuracy at N=10",
