@@ -12,7 +12,7 @@ print(torch.cuda.get_device_name(0), "torch", torch.__version__, "timm", timm.__
       "sklearn", sklearn.__version__)
 PY
 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
-python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/test_dino.py tests/test_featurizer.py tests/test_augment.py 2>&1 | tail -15 | tee "$out/suite_on_cuda.txt"
+python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/test_dino.py tests/test_featurizer.py tests/test_augment.py tests/test_supervised.py 2>&1 | tail -15 | tee "$out/suite_on_cuda.txt"
 {
   python3 benchmarks/speed.py --device cuda --epochs 4
   python3 benchmarks/speed.py --device cuda --epochs 4 --batch 256

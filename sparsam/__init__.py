@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets
 from .backbones import load_backbone, push_backbone, save_backbone
+from .classifier import SupervisedClassifier
 from .featurizer import DinoFeaturizer
 from .model_selection import FewShotSplit, few_shot_curve
 
@@ -19,6 +20,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "DinoFeaturizer",
     "FewShotSplit",
+    "SupervisedClassifier",
     "__version__",
     "datasets",
     "few_shot_curve",

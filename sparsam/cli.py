@@ -158,6 +158,8 @@ def run_evaluate(
     device: str = "auto",
     random_state: int = 0,
     verbose: int = 1,
+    supervised: bool = False,
+    supervised_epochs: int = 100,
 ) -> Any:
     """The paper's experiment: frozen DINO features, few labels per class, a plain classifier.
 
@@ -166,6 +168,12 @@ def run_evaluate(
     saved with joblib), and runs ``sparsam.model_selection.few_shot_curve`` with one of the
     paper's classifiers. Prints the table; with ``out``, writes ``few_shot_curve.csv`` and
     ``few_shot_curve.png`` there.
+
+    With ``supervised``, a second arm follows: a `SupervisedClassifier` fine-tuned end to end
+    from the same starting point, scored by ``few_shot_curve`` on the same draws (the draws
+    depend on ``random_state`` only), the paired comparison of the paper's Figure 1. Its table
+    is printed too, ``out`` also gets ``few_shot_curve_supervised.csv``, and the PNG shows
+    both curves.
 
     Parameters
     ----------
@@ -189,17 +197,28 @@ def run_evaluate(
     out : str or path-like, optional
         Output directory (created if missing).
     image_size, batch_size : int, optional
-        Featurizer settings for ``pretrained``; the featurizer's defaults when omitted.
+        Featurizer settings for ``pretrained``, and of the supervised arm; their defaults
+        when omitted.
     device : str, default="auto"
-        Featurizer device for ``pretrained``.
+        Featurizer device for ``pretrained``, and the supervised arm's.
     random_state : int, default=0
-        Seed of the featurizer, the classifier and the draws.
+        Seed of the featurizer, the classifiers and the draws.
     verbose : int, default=1
-        Featurizer verbosity.
+        Featurizer verbosity; the supervised arm trains quietly, as it trains once per draw.
+    supervised : bool, default=False
+        Also score the supervised arm. It starts from ``pretrained`` when ``epochs=0``, and
+        from the fitted featurizer itself after DINO training or with ``featurizer`` ("DINO,
+        then fine-tune").
+    supervised_epochs : int, default=100
+        ``SupervisedClassifier(epochs=...)``: the most epochs of each fine-tuning; early
+        stopping usually ends it sooner.
 
     Returns
     -------
-    FewShotCurveResult
+    FewShotCurveResult or dict of str to FewShotCurveResult
+        The frozen-features arm's result without ``supervised``. With it, a dict of both arms:
+        the frozen-features arm under its legend label (``"<features> + <classifier>"``, e.g.
+        ``"bm + svm"``), then the supervised arm under ``"supervised"``.
     """
     import joblib
 
@@ -208,6 +227,14 @@ def run_evaluate(
 
     if (pretrained is None) == (featurizer is None):
         raise ValueError("Pass exactly one of pretrained= and featurizer=.")
+    # Checked before the data is loaded and DINO trains: within few_shot_curve a bad value
+    # would only show as NaN scores after the frozen-features arm.
+    if supervised and (
+        not isinstance(supervised_epochs, (int, np.integer)) or supervised_epochs < 1
+    ):
+        raise ValueError(
+            f"supervised_epochs={supervised_epochs!r}: expected a positive number of epochs."
+        )
     classifiers = paper_classifiers(random_state=random_state)
     if classifier not in classifiers:
         raise ValueError(
@@ -258,19 +285,61 @@ def run_evaluate(
         n_repeats=n_repeats,
         random_state=random_state,
     )
+    features_label = f"{source} + {classifier}"
+    if supervised:
+        print(f"\nFrozen features: {features_label}")
     print(result.table())
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        # Written before the supervised arm, which may train for hours, so that it survives
+        # an interrupted run.
         result.to_csv(out / "few_shot_curve.csv")
-        _save_few_shot_figure(
-            result, out / "few_shot_curve.png", f"{source} + {classifier}", dataset
+    curves = {features_label: result}
+    written = ["few_shot_curve.csv"]
+    if supervised:
+        from .classifier import SupervisedClassifier
+
+        # The weights it fine-tunes: the featurizer's own when DINO trained it or it came from
+        # a file ("DINO, then fine-tune"); otherwise the same SPEC, which it loads itself.
+        starting_point = model if featurizer is not None or epochs else pretrained
+        settings = {"image_size": image_size, "batch_size": batch_size}
+        fine_tuned = SupervisedClassifier(
+            pretrained=starting_point,
+            epochs=supervised_epochs,
+            device=device,
+            random_state=random_state,
+            verbose=0,
+            **{name: value for name, value in settings.items() if value is not None},
         )
-        print(f"Wrote {out / 'few_shot_curve.csv'} and {out / 'few_shot_curve.png'}")
+        supervised_label = f"supervised, fine-tuned from {source}"
+        print(f"\nSupervised: fine-tuned from {source}, at most {supervised_epochs} epochs")
+        # Same labels, n_per_class, n_repeats and integer random_state as the frozen-features
+        # arm: few_shot_curve draws from nothing else, so both arms see the same draws.
+        supervised_result = few_shot_curve(
+            fine_tuned,
+            labeled_images,
+            labels[labeled],
+            n_per_class=n_per_class,
+            n_repeats=n_repeats,
+            random_state=random_state,
+        )
+        print(supervised_result.table())
+        curves[supervised_label] = supervised_result
+        if out is not None:
+            supervised_result.to_csv(out / "few_shot_curve_supervised.csv")
+            written.append("few_shot_curve_supervised.csv")
+    if out is not None:
+        _save_few_shot_figure(curves, out / "few_shot_curve.png", dataset)
+        written.append("few_shot_curve.png")
+        print(f"Wrote {', '.join(str(out / name) for name in written)}")
+    if supervised:
+        return {features_label: result, "supervised": supervised_result}
     return result
 
 
-def _save_few_shot_figure(result: Any, path: Path, label: str, title: str) -> None:
+def _save_few_shot_figure(results_by_name: dict[str, Any], path: Path, title: str) -> None:
+    """Draw every few-shot curve of ``results_by_name`` (legend label -> result) on one axis."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -284,7 +353,7 @@ def _save_few_shot_figure(result: Any, path: Path, label: str, title: str) -> No
 
     # A Figure without pyplot: no GUI backend, nothing left open after saving.
     figure = Figure(figsize=(6.4, 4.4))
-    plot_few_shot_curve({label: result}, ax=figure.subplots(), title=title)
+    plot_few_shot_curve(results_by_name, ax=figure.subplots(), title=title)
     figure.savefig(path, dpi=150, bbox_inches="tight")
 
 
@@ -985,7 +1054,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Embed a data set with a pretrained (optionally further DINO-trained) featurizer, "
             "train one of the paper's classifiers on N labeled images per class over repeated "
             "draws, score balanced accuracy on the rest, print the table and write "
-            "few_shot_curve.csv and few_shot_curve.png to --out."
+            "few_shot_curve.csv and few_shot_curve.png to --out. With --supervised, a network "
+            "fine-tuned end to end from the same starting point is scored on the same draws "
+            "too: a second table, few_shot_curve_supervised.csv, and both curves in the PNG."
         ),
     )
     evaluate.add_argument("--dataset", choices=EVALUATE_DATASETS, required=True)
@@ -1018,17 +1089,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument(
         "--classifier", choices=["svm", "logistic_regression", "knn"], default="svm"
     )
-    evaluate.add_argument("--out", default=None, help="directory for the CSV and PNG")
+    evaluate.add_argument("--out", default=None, help="directory for the CSVs and PNG")
     evaluate.add_argument(
         "--image-size",
         type=int,
         default=None,
-        help="featurizer input size (default: the backbone's input size)",
+        help="input size of the featurizer and of --supervised (default: the backbone's)",
     )
-    evaluate.add_argument("--batch-size", type=int, default=None, help="embedding batch size")
+    evaluate.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch size of embedding and of --supervised (default: theirs)",
+    )
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
     evaluate.add_argument("--seed", type=int, default=0, help="random_state of everything")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument(
+        "--supervised",
+        action="store_true",
+        help="also fine-tune the backbone end to end with a linear head on the same draws "
+        "(from the DINO-trained or saved featurizer, if any): the paper's supervised arm",
+    )
+    evaluate.add_argument(
+        "--supervised-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most epochs of each fine-tuning; early stopping usually ends it sooner "
+        "(default: 100)",
+    )
     convert = commands.add_parser(
         "convert",
         help="convert one of the paper's original .pt checkpoints to timm's Hub format",
@@ -1107,6 +1197,15 @@ def _run_command(args: argparse.Namespace) -> None:
     if args.command == "demo":
         run_demo(epochs=args.epochs, random_state=args.seed, verbose=0 if args.quiet else 1)
     elif args.command == "evaluate":
+        if args.supervised_epochs is not None and not args.supervised:
+            raise ValueError(
+                f"--supervised-epochs {args.supervised_epochs} without --supervised: add "
+                "--supervised to fine-tune, or drop --supervised-epochs."
+            )
+        # Without --supervised-epochs, run_evaluate's default: one place states it.
+        supervised_options = (
+            {} if args.supervised_epochs is None else {"supervised_epochs": args.supervised_epochs}
+        )
         run_evaluate(
             args.dataset,
             args.root,
@@ -1122,6 +1221,8 @@ def _run_command(args: argparse.Namespace) -> None:
             device=args.device,
             random_state=args.seed,
             verbose=0 if args.quiet else 1,
+            supervised=args.supervised,
+            **supervised_options,
         )
     elif args.command == "convert":
         path = convert_checkpoint(

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import math
 import os
-import sys
 import warnings
-from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -22,8 +18,18 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from .backbones import backbone_data_config, create_backbone, load_backbone
-from .data import ImageSource, as_image_source, iter_batches
+from ._estimator import (
+    SHARED_PARAMETER_CONSTRAINTS,
+    batched_outputs,
+    build_backbone,
+    check_patch_multiples,
+    decode_training_images,
+    printed_log_lines,
+    resolve_device,
+    validate_backbone_kwargs,
+)
+from .backbones import backbone_data_config
+from .data import ImageSource, as_image_source
 from .data.cache import (
     EmbeddingStore,
     cache_location,
@@ -32,44 +38,13 @@ from .data.cache import (
     subset_source,
     weights_digest,
 )
-from .data.training import TrainingImages, training_images
-from .dino.augment import MultiCropAugmentation, normalize
+from .data.training import TrainingImages
+from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
 from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
 
 __all__ = ["DinoFeaturizer"]
-
-# The logger of dino/trainer.py: one line per epoch, resumption and collapse warnings.
-_logger = logging.getLogger("sparsam")
-
-
-class _ProgressBarHandler(logging.Handler):
-    """Prints log records to stderr through tqdm, so that they do not break a running bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def _printed_log_lines(verbose: int) -> Iterator[None]:
-    """With ``verbose >= 2``, print the INFO records of the sparsam logger while inside."""
-    if verbose < 2:
-        yield
-        return
-    handler = _ProgressBarHandler(logging.INFO)
-    previous_level = _logger.level
-    _logger.addHandler(handler)
-    if _logger.getEffectiveLevel() > logging.INFO:
-        _logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        _logger.removeHandler(handler)
-        _logger.setLevel(previous_level)
 
 
 class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -297,24 +272,15 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        "backbone": [str],
-        "backbone_kwargs": [dict, None],
+        **SHARED_PARAMETER_CONSTRAINTS,
         "pretrained": [str, os.PathLike, None],
         "epochs": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "image_size": [Interval(Integral, 1, None, closed="left"), None],
         "global_crops": [Interval(Integral, 2, None, closed="left")],
         "local_crops": [Interval(Integral, 0, None, closed="left")],
         "local_crop_size": [Interval(Integral, 1, None, closed="left")],
         "global_crop_scale": [tuple, list],
         "local_crop_scale": [tuple, list],
-        "horizontal_flip": [Interval(Real, 0, 1, closed="both")],
-        "vertical_flip": [Interval(Real, 0, 1, closed="both")],
-        "rotation": [Interval(Real, 0, 180, closed="both")],
-        "perspective": [Interval(Real, 0, 1, closed="both")],
         "perspective_p": [tuple, list],
-        "color_jitter": [tuple, list],
-        "grayscale": [Interval(Real, 0, 1, closed="both")],
         "blur": [tuple, list],
         "solarization": [Interval(Real, 0, 1, closed="both")],
         "out_dim": [Interval(Integral, 1, None, closed="left")],
@@ -327,26 +293,14 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "warmup_teacher_temperature_epochs": [Interval(Integral, 0, None, closed="left")],
         "teacher_momentum": [Interval(Real, 0, 1, closed="both")],
         "center_momentum": [Interval(Real, 0, 1, closed="both")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "min_lr": [Interval(Real, 0, None, closed="left")],
-        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
         "weight_decay_end": [Interval(Real, 0, None, closed="left")],
         "clip_grad": [Interval(Real, 0, None, closed="neither"), None],
         "clip_grad_mode": [StrOptions({"per_parameter", "global"})],
         "freeze_last_layer_epochs": [Interval(Integral, 0, None, closed="left")],
         "head_warmup_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "koleo_weight": [Interval(Real, 0, None, closed="left")],
-        "drop_path_rate": [Interval(Real, 0, 1, closed="left")],
-        "device": [str, torch.device],
-        "precision": [StrOptions({"auto", "fp32", "bf16"})],
-        "num_workers": [Interval(Integral, 0, None, closed="left")],
-        "in_memory": ["boolean", StrOptions({"auto"})],
-        "checkpoint_dir": [str, os.PathLike, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
         "memory": [str, os.PathLike, joblib.Memory, None],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -518,7 +472,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             images = self._training_images(source, device)
             generator = torch.Generator().manual_seed(seed)
             with (
-                _printed_log_lines(self.verbose),
+                printed_log_lines(self.verbose),
                 tqdm(total=self.epochs, desc="DINO", unit="epoch", disable=not self.verbose) as bar,
             ):
 
@@ -581,41 +535,18 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return embeddings
 
     def _embed(self, source: ImageSource) -> np.ndarray:
-        device = self._resolve_device()
-        backbone = self.backbone_.to(device)
-        autocast_dtype = resolve_precision(self.precision, device)
-        config = self.data_config_
-        batches = iter_batches(
+        return batched_outputs(
+            self.backbone_,
             source,
-            config["image_size"],
-            self.batch_size,
-            self.num_workers,
-            pin_memory=device.type == "cuda",
+            self.data_config_,
+            self.n_features_out_,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self._resolve_device(),
+            precision=self.precision,
+            verbose=self.verbose,
+            description="embedding",
         )
-        # Filled batch by batch: a list of batches and a concatenation would hold it twice.
-        embeddings = np.empty((len(source), self.n_features_out_), dtype=np.float32)
-        start = 0
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device.type,
-                dtype=autocast_dtype or torch.float32,
-                enabled=autocast_dtype is not None,
-            ),
-        ):
-            for batch in tqdm(
-                batches,
-                total=math.ceil(len(source) / self.batch_size),
-                desc="embedding",
-                unit="batch",
-                disable=not self.verbose,
-            ):
-                images = normalize(
-                    batch.to(device, non_blocking=True), config["mean"], config["std"]
-                )
-                embeddings[start : start + len(batch)] = backbone(images).float().cpu().numpy()
-                start += len(batch)
-        return embeddings
 
     @property
     def _n_features_out(self) -> int:
@@ -643,31 +574,15 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         super().__setstate__({"memory": None, **state})
 
     def _training_images(self, source: ImageSource, device: torch.device) -> TrainingImages:
-        """The training images, decoded once under a progress bar, or streamed."""
-        # Decoding thousands of files into memory takes minutes before the first epoch; the
-        # bar appears with the first decoded batch, so a streamed set shows none.
-        bars: list[tqdm] = []
-
-        def progress(n_images: int) -> None:
-            if not bars:
-                bars.append(
-                    tqdm(total=len(source), desc="decoding", unit="image", disable=not self.verbose)
-                )
-            bars[0].update(n_images)
-
-        try:
-            return training_images(
-                source,
-                self.data_config_["image_size"],
-                self.in_memory,
-                self.batch_size,
-                self.num_workers,
-                pin_memory=device.type == "cuda",
-                progress=progress,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
+        return decode_training_images(
+            source,
+            self.data_config_["image_size"],
+            self.in_memory,
+            self.batch_size,
+            self.num_workers,
+            device,
+            self.verbose,
+        )
 
     def _weights_digest(self) -> str:
         # Featurizers pickled before weights_digest_ existed lack it.
@@ -676,70 +591,23 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return self.weights_digest_
 
     def _create_backbone(self) -> torch.nn.Module:
-        if self.pretrained is None or self.pretrained == "imagenet":
-            try:
-                return create_backbone(
-                    self.backbone,
-                    image_size=self.image_size,
-                    pretrained=self.pretrained,
-                    backbone_kwargs=self.backbone_kwargs,
-                    drop_path_rate=self.drop_path_rate,
-                )
-            except AssertionError as error:
-                # timm checks shapes with assert (e.g. "dim should be divisible by num_heads").
-                raise ValueError(
-                    f"timm cannot build backbone={self.backbone!r} at image_size="
-                    f"{self.image_size} with backbone_kwargs={self.backbone_kwargs!r}: {error}"
-                ) from error
-        return load_backbone(
-            self.pretrained, image_size=self.image_size, drop_path_rate=self.drop_path_rate
+        return build_backbone(
+            self.backbone,
+            self.backbone_kwargs,
+            self.pretrained,
+            self.image_size,
+            self.drop_path_rate,
         )
 
     def _resolve_device(self) -> torch.device:
-        if str(self.device) == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as error:
-            raise ValueError(
-                f"device={self.device!r} is not a device torch knows; expected 'auto', 'cpu', "
-                "'cuda' or 'cuda:N'."
-            ) from error
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device={self.device!r} but CUDA is not available here.")
-            if device.index is not None and device.index >= torch.cuda.device_count():
-                raise ValueError(
-                    f"device={self.device!r} but this machine has "
-                    f"{torch.cuda.device_count()} CUDA device(s)."
-                )
-        elif device.type != "cpu":
-            available = getattr(torch, device.type, None)
-            if available is None or not available.is_available():
-                raise ValueError(
-                    f"device={self.device!r}: {device.type} is not available here; expected "
-                    "'auto', 'cpu', 'cuda' or 'cuda:N'."
-                )
-        return device
+        return resolve_device(self.device)
 
     def _validate_backbone_kwargs(self) -> None:
-        kwargs = self.backbone_kwargs or {}
-        embed_dim, num_heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
-        if (
-            isinstance(embed_dim, int)
-            and isinstance(num_heads, int)
-            and (num_heads < 1 or embed_dim % num_heads)
-        ):
-            raise ValueError(
-                f"backbone_kwargs: embed_dim={embed_dim} must be a multiple of "
-                f"num_heads={num_heads} (each attention head gets embed_dim / num_heads)."
-            )
+        validate_backbone_kwargs(self.backbone_kwargs)
 
     def _validate_sizes(self, backbone: torch.nn.Module) -> None:
         """Refuse crop sizes the backbone cannot tile, before any image is decoded."""
         image_size = self.data_config_["image_size"]
-        patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
-        patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
         sizes = {"image_size": image_size}
         if self.epochs > 0 and self.local_crops > 0:
             sizes["local_crop_size"] = self.local_crop_size
@@ -748,18 +616,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                     f"local_crop_size={self.local_crop_size} is larger than image_size="
                     f"{image_size}; local crops are the small views (DINO: 96 and 224)."
                 )
-        if isinstance(patch, int) and patch > 1:
-            for name, size in sizes.items():
-                if size % patch:
-                    origin = (
-                        " (the backbone's configured input size)"
-                        if name == "image_size" and self.image_size is None
-                        else ""
-                    )
-                    raise ValueError(
-                        f"{name}={size}{origin} is not a multiple of the backbone's patch size "
-                        f"{patch}; use e.g. {max(patch, size // patch * patch)}."
-                    )
+        check_patch_multiples(backbone, sizes, self.image_size is not None)
 
     def _validate_tuples(self) -> None:
         for name in ("global_crop_scale", "local_crop_scale"):

@@ -13,7 +13,7 @@ import csv
 import numbers
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -496,7 +496,7 @@ class FewShotCurveResult:
 
 
 def few_shot_curve(
-    estimator: BaseEstimator,
+    estimator: BaseEstimator | Mapping[str, BaseEstimator],
     X: Any,
     y: Any,
     *,
@@ -508,7 +508,7 @@ def few_shot_curve(
     random_state: int | np.random.RandomState | None = None,
     error_score: float | str = np.nan,
     params: dict[str, Any] | None = None,
-) -> FewShotCurveResult:
+) -> FewShotCurveResult | dict[str, FewShotCurveResult]:
     """Score an estimator trained on ``N`` labels per class, for several ``N`` and draws.
 
     Like `sklearn.model_selection.learning_curve`, but the x axis is labels per class
@@ -519,8 +519,12 @@ def few_shot_curve(
 
     Parameters
     ----------
-    estimator : estimator
-        Cloned and fitted once per ``(N, draw)``; usually a pipeline on frozen features.
+    estimator : estimator or mapping of str to estimator
+        Cloned and fitted once per ``(N, draw)``; usually a pipeline on frozen features. A
+        mapping (name to estimator) scores every estimator on the same draws, the paired
+        comparison of the paper's Figure 1 (e.g. DINO + SVM against a
+        `SupervisedClassifier`), and returns one result per name, ready for
+        `sparsam.plotting.plot_few_shot_curve`.
     X : array-like or sequence of length n_samples
         Anything indexable: an array of features or images, or a list of image paths.
     y : array-like of shape (n_samples,)
@@ -555,13 +559,15 @@ def few_shot_curve(
 
     Returns
     -------
-    FewShotCurveResult
+    FewShotCurveResult, or dict of str to FewShotCurveResult
+        The latter, in the mapping's order, when ``estimator`` is a mapping.
 
     Raises
     ------
     ValueError
-        If ``n_repeats`` is not a positive int, ``y`` holds continuous values, ``X`` and
-        ``y`` differ in length, or no value of ``n_per_class`` fits the smallest class.
+        If ``estimator`` is an empty mapping, ``n_repeats`` is not a positive int, ``y``
+        holds continuous values, ``X`` and ``y`` differ in length, or no value of
+        ``n_per_class`` fits the smallest class.
 
     Examples
     --------
@@ -572,7 +578,31 @@ def few_shot_curve(
     >>> result = few_shot_curve(SVC(), X, y, n_per_class=(1, 10), random_state=0)
     >>> result.n_per_class.tolist()
     [1, 10]
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> results = few_shot_curve({"SVC": SVC(), "LR": LogisticRegression()}, X, y,
+    ...                          n_per_class=(1, 10), random_state=0)
+    >>> list(results)
+    ['SVC', 'LR']
     """
+    if isinstance(estimator, Mapping):
+        if not estimator:
+            raise ValueError("estimator is an empty mapping; expected name -> estimator pairs.")
+        # One integer seed for all: every estimator then trains and tests on the same draws,
+        # even when random_state is None or a RandomState that each call would advance.
+        seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+        settings = {
+            "n_per_class": n_per_class,
+            "n_repeats": n_repeats,
+            "scoring": scoring,
+            "test": test,
+            "n_jobs": n_jobs,
+            "random_state": seed,
+            "error_score": error_score,
+            "params": params,
+        }
+        return {
+            name: few_shot_curve(member, X, y, **settings) for name, member in estimator.items()
+        }
     _check_positive_int(n_repeats, "n_repeats")
     y = column_or_1d(np.asarray(y))
     _check_class_labels(y)

@@ -21,7 +21,7 @@ from sparsam.dino import (
     warmup_then_constant,
 )
 from sparsam.dino.loss import koleo_loss
-from sparsam.dino.trainer import _parameter_groups, resolve_precision
+from sparsam.dino.trainer import resolve_precision, weight_decay_groups
 
 OUT_DIM = 32
 SCHEDULE_VALUES = {
@@ -228,7 +228,7 @@ def test_teacher_temperature_warms_up_linearly_then_stays_constant():
 
 def test_weight_decay_spares_biases_and_normalisation_layers():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    regularized, not_regularized = _parameter_groups(model)
+    regularized, not_regularized = weight_decay_groups(model)
     assert [tuple(p.shape) for p in regularized["params"]] == [(4, 4)]
     assert len(not_regularized["params"]) == 3
     assert not_regularized["weight_decay"] == 0.0
@@ -250,7 +250,7 @@ def test_weight_decay_groups_of_a_dino_model_are_decay_then_no_decay_as_in_dino(
     # DINO's rule (main_dino.py get_params_groups): no decay on biases and 1-d parameters.
     expected_decay = [p for n, p in trainable.items() if not (n.endswith(".bias") or p.ndim == 1)]
     expected_no_decay = [p for n, p in trainable.items() if n.endswith(".bias") or p.ndim == 1]
-    decay, no_decay = _parameter_groups(model)
+    decay, no_decay = weight_decay_groups(model)
     assert [id(p) for p in decay["params"]] == [id(p) for p in expected_decay]
     assert [id(p) for p in no_decay["params"]] == [id(p) for p in expected_no_decay]
     assert "weight_decay" not in decay and no_decay["weight_decay"] == 0.0
@@ -259,7 +259,7 @@ def test_weight_decay_groups_of_a_dino_model_are_decay_then_no_decay_as_in_dino(
 
 
 def test_weight_decay_groups_stay_two_when_nothing_is_exempt():
-    decay, no_decay = _parameter_groups(torch.nn.Linear(4, 4, bias=False))
+    decay, no_decay = weight_decay_groups(torch.nn.Linear(4, 4, bias=False))
     assert len(decay["params"]) == 1 and no_decay["params"] == []
     torch.optim.AdamW([decay, no_decay])  # the optimizer accepts the empty group
 

@@ -15,8 +15,8 @@ def no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("images were decoded before the parameters were checked")
 
-    monkeypatch.setattr("sparsam.featurizer.training_images", refuse)
-    monkeypatch.setattr("sparsam.featurizer.iter_batches", refuse)
+    monkeypatch.setattr("sparsam._estimator.training_images", refuse)
+    monkeypatch.setattr("sparsam._estimator.iter_batches", refuse)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from joblib import parallel_config
 from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import FitFailedWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, make_scorer
 from sklearn.model_selection import (
     GridSearchCV,
@@ -289,6 +290,30 @@ def test_few_shot_curve_has_one_score_per_draw_for_each_n(separable):
 def test_few_shot_curve_scores_separable_features_perfectly(separable):
     result = few_shot_curve(SVC(), *separable, n_per_class=(5,), n_repeats=2, random_state=0)
     assert np.all(result.scores[5] == 1.0)
+
+
+def test_few_shot_curve_of_several_estimators_scores_them_on_the_same_draws(separable):
+    features, labels = separable
+    noisy = features + np.random.default_rng(2).normal(scale=3, size=features.shape)
+    # random_state=None: separate calls draw differently, one call with a mapping may not.
+    results = few_shot_curve(
+        {"first": SVC(), "again": SVC(), "lr": LogisticRegression()},
+        noisy,
+        labels,
+        n_per_class=(2, 5),
+        n_repeats=4,
+    )
+    assert list(results) == ["first", "again", "lr"]
+    assert all(
+        np.array_equal(results["first"].scores[n], results["again"].scores[n]) for n in (2, 5)
+    )
+    alone = [few_shot_curve(SVC(), noisy, labels, n_per_class=(2,), n_repeats=4) for _ in range(2)]
+    assert not np.array_equal(alone[0].scores[2], alone[1].scores[2])
+
+
+def test_few_shot_curve_refuses_an_empty_mapping(separable):
+    with pytest.raises(ValueError, match="empty mapping"):
+        few_shot_curve({}, *separable)
 
 
 def test_few_shot_curve_is_reproducible_with_an_int_random_state(separable):

@@ -205,7 +205,7 @@ def test_unwritable_checkpoint_dir_fails_before_decoding(tmp_path, monkeypatch, 
     def no_decoding(*args, **kwargs):
         raise AssertionError("images were decoded before checkpoint_dir was checked")
 
-    monkeypatch.setattr("sparsam.featurizer.training_images", no_decoding)
+    monkeypatch.setattr("sparsam._estimator.training_images", no_decoding)
     with pytest.raises(ValueError, match=r"checkpoint_dir=.*a-file.*not a writable directory"):
         DinoFeaturizer(**tiny_params, checkpoint_dir=blocker / "run").fit(np.zeros((4, 8, 8)))
 

@@ -7,14 +7,9 @@ import copy
 import logging
 import math
 import os
-import pickle
-import re
-import signal
-import threading
 import time
 import warnings
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +17,15 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from .._checkpoints import (
+    CheckpointWarning,
+    checkpoint_name,
+    interruptible,
+    list_checkpoints,
+    newest_readable_checkpoint,
+    read_checkpoint,
+    refuse_another_run,
+)
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
@@ -53,46 +57,10 @@ __all__ = [
 
 logger = logging.getLogger("sparsam")
 
-# dino_checkpoint_<global steps done, 9 digits>.pt: names sort by age, and only files named so
-# are ever resumed from or pruned.
-CHECKPOINT_PATTERN = re.compile(r"dino_checkpoint_(\d{9})\.pt")
 # Training images RankMe is measured on after every epoch, at most: a few batches of
 # inference per epoch, kept on the device as uint8 (77 MB at 224 px). RankMe cannot exceed
 # the number of images, and 512 is above the width of the paper's XCiT-S12 (384).
 QUALITY_IMAGES = 512
-
-
-def checkpoint_name(step: int) -> str:
-    """File name of the checkpoint written after ``step`` global steps."""
-    return f"dino_checkpoint_{step:09d}.pt"
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """sparsam's checkpoint files in ``directory``, newest first; [] when there are none.
-
-    Parameters
-    ----------
-    directory : path-like
-        A ``checkpoint_dir``; need not exist.
-
-    Returns
-    -------
-    list of Path
-        Files named ``dino_checkpoint_<step>.pt``, by decreasing step.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        match = CHECKPOINT_PATTERN.fullmatch(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found, reverse=True)]
-
-
-class CheckpointWarning(UserWarning):
-    """The newest checkpoint could not be read, and an older one was resumed instead."""
 
 
 class CollapseWarning(UserWarning):
@@ -255,7 +223,7 @@ class DinoTrainer:
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self._set_training_modes()
-        self.optimizer = torch.optim.AdamW(_parameter_groups(self.student))
+        self.optimizer = torch.optim.AdamW(weight_decay_groups(self.student))
         self.history: dict[str, list[float]] = {}
         self.initial_rankme = math.nan
         self._quality_images: torch.Tensor | None = None
@@ -317,7 +285,14 @@ class DinoTrainer:
         self._shard = (this_rank * batch_size, global_batch)
         cuda_devices = [self.device] if self.device.type == "cuda" else []
         plan = _Plan(batch_size, global_batch, steps_per_epoch, schedules, settings)
-        with torch.random.fork_rng(devices=cuda_devices), self._interruptible() as interrupted:
+        with (
+            torch.random.fork_rng(devices=cuda_devices),
+            interruptible(
+                "Interrupted: DINO stops after this step and saves a checkpoint "
+                "(press Ctrl-C again to stop at once, without one).",
+                enabled=not is_distributed(),
+            ) as interrupted,
+        ):
             seed = int(torch.randint(2**62, (1,), generator=generator))
             # Each rank its own drop-path masks.
             self._seed_global_generators(seed + this_rank)
@@ -497,29 +472,6 @@ class DinoTrainer:
         self._average_teacher_statistics = False
         to_batchnorm(self.student)
         to_batchnorm(self.teacher)
-
-    @contextlib.contextmanager
-    def _interruptible(self) -> Iterator[Callable[[], bool]]:
-        """Turn Ctrl-C into "stop after this step": the model is never left half-updated."""
-        requested = [False]
-        if is_distributed() or threading.current_thread() is not threading.main_thread():
-            yield lambda: False
-            return
-
-        def request_stop(signum: int, frame: object) -> None:
-            if requested[0]:
-                raise KeyboardInterrupt
-            requested[0] = True
-            logger.warning(
-                "Interrupted: DINO stops after this step and saves a checkpoint "
-                "(press Ctrl-C again to stop at once, without one)."
-            )
-
-        previous = signal.signal(signal.SIGINT, request_stop)
-        try:
-            yield lambda: requested[0]
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def _stop_interrupted(
         self, position: _Position, steps_per_epoch: int, path: Path | None
@@ -702,21 +654,17 @@ class DinoTrainer:
             return start
         path, state = None, None
         if is_main_process():
-            path, state = _newest_readable_checkpoint(self.checkpoint_dir, self.device)
+            path, state = newest_readable_checkpoint(
+                self.checkpoint_dir, self.device, _CHECKPOINT_KEYS
+            )
         path = broadcast_object(None if path is None else os.fspath(path))
         if path is None:
             return start
         path = Path(path)
         if state is None:
             # The other ranks read the file rank 0 chose (a shared file system).
-            state = _read_checkpoint(path, self.device)
-        differences = _differences(state["config"], settings)
-        if differences:
-            raise ValueError(
-                f"Checkpoint {path} belongs to another run ({'; '.join(differences)}), and "
-                "resuming it would return a model trained on something else. Use another "
-                "checkpoint_dir, or delete the file to start afresh."
-            )
+            state = read_checkpoint(path, self.device, _CHECKPOINT_KEYS)
+        refuse_another_run(path, state["config"], settings)
         try:
             self.student.load_state_dict(state["student"])
             self.teacher.load_state_dict(state["teacher"])
@@ -800,25 +748,6 @@ def _mean_over_ranks(row: dict[str, float], device: torch.device) -> dict[str, f
     return dict(zip(names, (values / world_size()).tolist(), strict=True))
 
 
-def _newest_readable_checkpoint(
-    directory: Path, device: torch.device
-) -> tuple[Path | None, dict | None]:
-    """The newest checkpoint that reads; an unreadable newer one is skipped with a warning."""
-    candidates = list_checkpoints(directory)
-    for index, path in enumerate(candidates):
-        try:
-            return path, _read_checkpoint(path, device)
-        except ValueError as error:
-            if index + 1 == len(candidates):
-                raise
-            warnings.warn(
-                f"{error} Resuming from the previous checkpoint, {candidates[index + 1]}.",
-                CheckpointWarning,
-                stacklevel=4,
-            )
-    return None, None
-
-
 _CHECKPOINT_KEYS = (
     "epoch",
     "step",
@@ -836,54 +765,7 @@ _CHECKPOINT_KEYS = (
 )
 
 
-def _read_checkpoint(path: Path, device: torch.device) -> dict:
-    """Load a checkpoint, or explain in the user's terms why it cannot be resumed."""
-    advice = "delete it to start afresh, or pass another checkpoint_dir"
-    if path.stat().st_size == 0:
-        raise ValueError(f"Checkpoint {path} is empty (an interrupted copy?); {advice}.")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        # torch's own message suggests weights_only=False, which would run arbitrary code.
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "weights_only" in reason or "Weights only load failed" in reason:
-            reason = "it holds objects other than tensors and plain values"
-        raise ValueError(
-            f"Checkpoint {path} cannot be read: it is corrupt, truncated or not a sparsam "
-            f"checkpoint ({reason}); {advice}."
-        ) from None
-    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise ValueError(
-            f"Checkpoint {path} lacks {', '.join(missing)}: it was written by an older sparsam "
-            f"or another program; {advice}."
-        )
-    return state
-
-
-def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two run identities, one entry per setting."""
-    described = {
-        "images": "other images",
-        "initial_weights": "other starting weights (backbone, pretrained or seed)",
-        "seed": "another random_state",
-        "world_size": "another number of processes",
-    }
-    differences = []
-    for name in sorted(saved.keys() | current.keys()):
-        before, now = saved.get(name), current.get(name)
-        if before == now:
-            continue
-        if isinstance(before, dict) and isinstance(now, dict):
-            differences.extend(_differences(before, now, f"{prefix}{name}."))
-        elif name in described and not prefix:
-            differences.append(f"{name}: {described[name]}")
-        else:
-            differences.append(f"{prefix}{name}: {before!r} in the checkpoint, {now!r} now")
-    return differences
-
-
-def _parameter_groups(model: nn.Module) -> list[dict]:
+def weight_decay_groups(model: nn.Module) -> list[dict]:
     """Weight decay on weight matrices only: not on biases and normalisation (as in DINO).
 
     Two groups, ``[decay, no_decay]``, in this order (either may be empty): ``train_step`` sets
