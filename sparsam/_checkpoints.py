@@ -32,6 +32,7 @@ __all__ = [
     "newest_readable_checkpoint",
     "read_checkpoint",
     "refuse_another_run",
+    "seed_global_generators",
 ]
 
 logger = logging.getLogger("sparsam")
@@ -150,6 +151,18 @@ def refuse_another_run(path: Path, saved: dict, current: dict) -> None:
             "resuming it would return a model trained on something else. Use another "
             "checkpoint_dir, or delete the file to start afresh."
         )
+
+
+def seed_global_generators(seed: int, device: torch.device) -> None:
+    """Seed torch's global CPU generator and ``device``'s, from which timm's drop-path draws.
+
+    Only the generators a training loop forks with ``torch.random.fork_rng``: the CPU's and
+    the training device's.
+    """
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """SupervisedClassifier: the paper's fine-tuned baseline as a scikit-learn classifier."""
 
+import contextlib
 import os
 import pickle
 import signal
@@ -212,6 +213,20 @@ def checkpointed(tmp_path):
     return {**XCIT, "epochs": 4, "checkpoint_dir": tmp_path / "run"}
 
 
+@contextlib.contextmanager
+def counting_steps(monkeypatch):
+    """``with counting_steps(monkeypatch) as steps:`` lists one entry per fine-tuning step."""
+    original, steps = FineTuneTrainer.train_step, []
+
+    def counted(self, *args):
+        steps.append(1)
+        return original(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FineTuneTrainer, "train_step", counted)
+        yield steps
+
+
 def test_checkpoints_after_every_epoch_keep_the_newest_three(
     checkpointed, tiny_images, tiny_labels
 ):
@@ -235,7 +250,9 @@ def test_a_run_killed_after_an_epoch_resumes_to_the_uninterrupted_model(
     with pytest.raises(RuntimeError, match="killed"):
         SupervisedClassifier(**checkpointed).fit(tiny_images, tiny_labels)
     monkeypatch.setattr(FineTuneTrainer, "_save_checkpoint", original)
-    resumed = SupervisedClassifier(**checkpointed).fit(tiny_images, tiny_labels)
+    with counting_steps(monkeypatch) as steps:
+        resumed = SupervisedClassifier(**checkpointed).fit(tiny_images, tiny_labels)
+    assert len(steps) == 2 * 4, "only epochs 3 and 4 are trained again"
     uninterrupted = SupervisedClassifier(**{**checkpointed, "checkpoint_dir": None})
     uninterrupted.fit(tiny_images, tiny_labels)
     assert same_model(resumed, uninterrupted)
@@ -260,7 +277,9 @@ def test_ctrl_c_finishes_the_epoch_saves_and_says_how_to_resume(
         SupervisedClassifier(**checkpointed).fit(tiny_images, tiny_labels)
     assert len(calls) == 8, "the interrupted epoch finishes, no further epoch starts"
     monkeypatch.setattr(FineTuneTrainer, "train_step", original)
-    resumed = SupervisedClassifier(**checkpointed).fit(tiny_images, tiny_labels)
+    with counting_steps(monkeypatch) as steps:
+        resumed = SupervisedClassifier(**checkpointed).fit(tiny_images, tiny_labels)
+    assert len(steps) == 2 * 4, "only epochs 3 and 4 are trained again"
     uninterrupted = SupervisedClassifier(**{**checkpointed, "checkpoint_dir": None})
     assert same_model(resumed, uninterrupted.fit(tiny_images, tiny_labels))
 

@@ -25,6 +25,7 @@ from .._checkpoints import (
     newest_readable_checkpoint,
     read_checkpoint,
     refuse_another_run,
+    seed_global_generators,
 )
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
@@ -295,7 +296,7 @@ class DinoTrainer:
         ):
             seed = int(torch.randint(2**62, (1,), generator=generator))
             # Each rank its own drop-path masks.
-            self._seed_global_generators(seed + this_rank)
+            seed_global_generators(seed + this_rank, self.device)
             self.initial_rankme = self._teacher_rankme()
             position = self._resume(generator, settings)
             self._set_training_modes()
@@ -513,13 +514,6 @@ class DinoTrainer:
         finally:
             self._set_training_modes()
         return rankme(embeddings)
-
-    def _seed_global_generators(self, seed: int) -> None:
-        # Only the generators fit forks: the CPU's and the training device's.
-        torch.random.default_generator.manual_seed(seed)
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
-                torch.cuda.manual_seed(seed)
 
     def _set_training_modes(self) -> None:
         self.student.train()

@@ -24,6 +24,7 @@ from .._checkpoints import (
     list_checkpoints,
     newest_readable_checkpoint,
     refuse_another_run,
+    seed_global_generators,
 )
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
@@ -220,10 +221,7 @@ class FineTuneTrainer:
             ) as interrupted,
         ):
             seed = int(torch.randint(2**62, (1,), generator=generator))
-            torch.random.default_generator.manual_seed(seed)
-            if self.device.type == "cuda":
-                with torch.cuda.device(self.device):
-                    torch.cuda.manual_seed(seed)
+            seed_global_generators(seed, self.device)
             start, epochs_without_improvement = self._resume(generator, settings)
             try:
                 for epoch in range(start, config.epochs):
