@@ -1,39 +1,56 @@
 #!/usr/bin/env bash
-# One short GPU session: the GPU tests, the suite with device="auto" landing on CUDA, the
-# training speed and the few-shot table on CUDA. Logs go to $1 (default ./gpu-results).
-# Run from the repository root on a machine with CUDA, torch, timm and scikit-learn.
+# One short GPU session (issue 19, part B), most important first, each step's output in
+# OUT/<step>.txt: the card and its measured bf16 matmul peak; a torchrun run (NCCL,
+# SyncBatchNorm, a small XCiT streamed from PNG files with workers) killed mid-epoch and
+# resumed; the paper's training configuration side by side with lightly's loop; the GPU tests;
+# transform against a bare forward. Sized to finish in about 5 minutes on an H200.
+#
+#   bash benchmarks/gpu_check.sh OUT [PEER_DIR]
+#
+# PEER_DIR (default .gpu) holds gpu_dino_speed.py and lightly_dino_ref.py from
+# ../shared/bench and lightly's wheel (`pip download --no-deps lightly`): a GPU machine may
+# reach no package registry. Run from the repository root with torch, timm and scikit-learn.
 set -uo pipefail
 out=${1:-gpu-results}
+peer=${2:-.gpu}
 mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-python3 - <<'PY' 2>&1 | tee "$out/device.txt"
-import torch, timm, sklearn
+if compgen -G "$peer/lightly-*.whl" >/dev/null; then
+  python3 -m pip install -q --no-deps --no-index --target /tmp/peer-site "$peer"/lightly-*.whl
+  export PYTHONPATH=$PYTHONPATH:/tmp/peer-site
+fi
+
+step() {  # step NAME COMMAND...: run it, keep its output without warnings, time it
+  local name=$1 started=$SECONDS
+  shift
+  echo "== $name: $*"
+  "$@" 2>&1 | grep -v -i -E 'warning|warn\(' | tee "$out/$name.txt"
+  echo "   ($((SECONDS - started)) s)"
+}
+
+step device python3 - <<'PY'
+import time, torch, timm, sklearn
 print(torch.cuda.get_device_name(0), "torch", torch.__version__, "timm", timm.__version__,
-      "sklearn", sklearn.__version__)
+      "sklearn", sklearn.__version__, "cuda", torch.version.cuda)
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+for _ in range(3):
+    a @ a
+torch.cuda.synchronize(); t = time.perf_counter()
+for _ in range(10):
+    a @ a
+torch.cuda.synchronize()
+print(f"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s")
 PY
-python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -5 | tee "$out/gpu_tests.txt"
-python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/test_dino.py tests/test_featurizer.py tests/test_augment.py tests/test_supervised.py 2>&1 | tail -15 | tee "$out/suite_on_cuda.txt"
-{
-  python3 benchmarks/speed.py --device cuda --epochs 4
-  python3 benchmarks/speed.py --device cuda --epochs 4 --batch 256
-  python3 benchmarks/speed.py --device cuda --epochs 3 --img 64 --patch 8 --batch 256
-} 2>&1 | grep -v Warning | tee "$out/speed.txt"
-python3 benchmarks/fewshot_digits.py 2>&1 | grep -v Warning | tee "$out/fewshot_cuda.txt"
-# torchrun with NCCL, one process: DistributedDataParallel, SyncBatchNorm (XCiT) and the
-# streamed DataLoader path on the GPU; the output must load with load_backbone.
-python3 - "$out/archive" <<'PY'
-import sys, pathlib
-import numpy as np
-from PIL import Image
-root = pathlib.Path(sys.argv[1]); rng = np.random.default_rng(0)
-for i in range(512):
-    (root / f"{i % 4}").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / f"{i % 4}/{i}.png")
-PY
-{
-  torchrun --standalone --nproc-per-node 1 -m sparsam pretrain "$out/archive" --out "$out/nccl-run" \
-    --backbone xcit_small_12_p8_224 --backbone-kwargs '{"depth": 2}' --image-size 64 \
-    --local-crop-size 32 --epochs 2 --batch-size 64 --in-memory no --num-workers 4 \
-    --device cuda --quiet
-  python3 -c "import sys, sparsam; m = sparsam.load_backbone(sys.argv[1]); print('nccl torchrun output loads:', type(m).__name__, m.num_features)" "$out/nccl-run"
-} 2>&1 | grep -v Warning | tail -5 | tee "$out/torchrun_nccl.txt"
+
+step resume python3 benchmarks/resume_check.py --device cuda --out /tmp/resume-check --repeat
+
+speed=(python3 "$peer/gpu_dino_speed.py")
+step speed_xcit_sparsam "${speed[@]}" sparsam xcit_small_12_p8_224 --batch 64 --n 512 --epochs 3
+step speed_xcit_lightly "${speed[@]}" lightly xcit_small_12_p8_224 --batch 64 --n 512 --epochs 3
+step gpu_tests python3 -m pytest -q -p no:cacheprovider -m gpu tests
+step embed_xcit python3 benchmarks/embed_speed.py --device cuda --backbone xcit_small_12_p8_224 \
+  --backbone-kwargs '{}' --image-size 224 --source-size 256 --n 1024 --batch 256 --workers 14 \
+  --repeats 1
+if [ "${QUICK:-0}" = 1 ]; then exit 0; fi
+step speed_vit_sparsam "${speed[@]}" sparsam vit_small_patch16_224 --batch 64 --n 1024 --epochs 3
+step speed_vit_lightly "${speed[@]}" lightly vit_small_patch16_224 --batch 64 --n 1024 --epochs 3

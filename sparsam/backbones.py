@@ -564,7 +564,9 @@ def _write_model_directory(
             str(staging / WEIGHTS_NAME),
             metadata={"format": "pt", _WEIGHTS_MARKER: save_id},
         )
-        save_config_for_hf(model, str(staging / CONFIG_NAME), model_args=model_args)
+        # A Path, not a str: timm before 1.0.30 calls .open() on it (found on a GPU machine
+        # with timm 1.0.29, where every `sparsam pretrain` failed at the very end).
+        save_config_for_hf(model, staging / CONFIG_NAME, model_args=model_args)
         config = json.loads((staging / CONFIG_NAME).read_text(encoding="utf-8"))
         config = _normalised_config(config, model, architecture, data_config, license)
         config[_CONFIG_MARKER] = {"version": _sparsam_version(), "save_id": save_id}
