@@ -17,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,8 @@ def write_files(images: np.ndarray, folder: Path, suffix: str) -> list[str]:
     paths = []
     for index, image in enumerate(images):
         path = folder / f"{index:06d}{suffix}"
-        Image.fromarray(image).save(path, quality=90) if suffix == ".jpg" else Image.fromarray(
-            image
-        ).save(path)
+        options = {"quality": 90} if suffix == ".jpg" else {}
+        Image.fromarray(image).save(path, **options)
         paths.append(str(path))
     return paths
 
@@ -106,7 +106,10 @@ def main() -> None:
     n_bare = args.n // args.batch * args.batch
 
     def bare_forward() -> None:
-        with torch.inference_mode(), torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None),
+        ):
             for _ in range(n_bare // args.batch):
                 model(ready)
 
@@ -115,9 +118,9 @@ def main() -> None:
         rows.append(("transform, uint8 arrays", args.n, lambda: featurizer.transform(images), None))
         for suffix in (".png", ".jpg"):
             paths = write_files(images, Path(folder), suffix)
-            rows.append(
-                (f"transform, {suffix[1:].upper()} files", args.n, lambda p=paths: featurizer.transform(p), decode_microseconds(paths))
-            )
+            label = f"transform, {suffix[1:].upper()} files"
+            work = partial(featurizer.transform, paths)
+            rows.append((label, args.n, work, decode_microseconds(paths)))
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(
             f"device={name} threads={torch.get_num_threads()} torch={torch.__version__} "

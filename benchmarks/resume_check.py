@@ -152,7 +152,9 @@ def main() -> None:
         again, total, again_unequal = max_difference(args.out / "whole", args.out / "again")
         print(f"| uninterrupted vs uninterrupted | {total} | {again_unequal} | {again:.3g} |")
     ok = step > 0 and largest <= args.tolerance
-    print(f"resume {'equals' if ok else 'DIFFERS FROM'} the uninterrupted run (tol {args.tolerance})")
+    print(
+        f"resume {'equals' if ok else 'DIFFERS FROM'} the uninterrupted run (tol {args.tolerance})"
+    )
     sys.exit(0 if ok else 1)
 
 

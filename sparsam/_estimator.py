@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from .backbones import create_backbone, load_backbone
 from .data import ImageSource, iter_batches
 from .data.training import TrainingImages, training_images
-from .dino.augment import normalize
 from .dino.trainer import resolve_precision
 
 __all__ = [
@@ -56,6 +55,7 @@ SHARED_PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
     "drop_path_rate": [Interval(Real, 0, 1, closed="left")],
     "device": [str, torch.device],
     "precision": [StrOptions({"auto", "fp32", "bf16"})],
+    "compile": ["boolean", StrOptions({"auto"})],
     "num_workers": [Interval(Integral, 0, None, closed="left")],
     "in_memory": ["boolean", StrOptions({"auto"})],
     "checkpoint_dir": [str, os.PathLike, None],
@@ -233,7 +233,13 @@ def batched_outputs(
     verbose: int,
     description: str,
 ) -> np.ndarray:
-    """``model``'s float32 outputs ``(n, width)`` for every image, resized and normalised."""
+    """``model``'s float32 outputs ``(n, width)`` for every image, resized and normalised.
+
+    On a GPU the host never waits for the batch it has just queued: batch ``i + 1`` is
+    decoded, copied (from page-locked memory) and queued while the GPU runs batch ``i``,
+    whose outputs are copied back asynchronously and read only then. The normalised images
+    go into one float buffer reused by every batch.
+    """
     model = model.to(device)
     autocast_dtype = resolve_precision(precision, device)
     batches = iter_batches(
@@ -243,8 +249,10 @@ def batched_outputs(
         num_workers,
         pin_memory=device.type == "cuda",
     )
+    normalized = _NormalizationBuffer(data_config["mean"], data_config["std"], device)
     # Filled batch by batch: a list of batches and a concatenation would hold it twice.
     outputs = np.empty((len(source), width), dtype=np.float32)
+    pending: _PendingRows | None = None
     start = 0
     with (
         torch.inference_mode(),
@@ -261,9 +269,47 @@ def batched_outputs(
             unit="batch",
             disable=not verbose,
         ):
-            images = normalize(
-                batch.to(device, non_blocking=True), data_config["mean"], data_config["std"]
-            )
-            outputs[start : start + len(batch)] = model(images).float().cpu().numpy()
+            result = model(normalized(batch.to(device, non_blocking=True))).float()
+            if pending is not None:
+                pending.write_to(outputs)
+            pending = _PendingRows(start, result)
             start += len(batch)
+        if pending is not None:
+            pending.write_to(outputs)
     return outputs
+
+
+class _NormalizationBuffer:
+    """``normalize`` into one reused float buffer (bit for bit the same values)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.buffer is None or self.buffer.shape[1:] != images.shape[1:]:
+            self.buffer = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+        # A smaller last batch uses the front of the buffer.
+        buffer = self.buffer[: len(images)]
+        buffer.copy_(images)
+        return buffer.div_(255).sub_(self.mean).div_(self.std)
+
+
+class _PendingRows:
+    """A batch's outputs on their way to the host; read once the copy has finished."""
+
+    def __init__(self, start: int, result: torch.Tensor) -> None:
+        self.start = start
+        self.event = None
+        if result.device.type == "cuda":
+            # Into page-locked memory, queued behind the batch's kernels.
+            result = result.to("cpu", non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.result = result
+
+    def write_to(self, outputs: np.ndarray) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        outputs[self.start : self.start + len(self.result)] = self.result.numpy()

@@ -37,6 +37,7 @@ from .dino.trainer import resolve_precision
 from .featurizer import DinoFeaturizer
 from .model_selection import _check_class_labels, _labeled_mask
 from .supervised.trainer import FineTuneConfig, FineTuneTrainer
+from .training.compilation import resolve_compile
 
 __all__ = ["SupervisedClassifier"]
 
@@ -118,6 +119,13 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", …
     precision : {"auto", "fp32", "bf16"}, default="auto"
         "auto": bf16 autocast on CUDA devices that support it, fp32 on the CPU.
+    compile : bool or "auto", default="auto"
+        Compile the training forward (each transformer block and the head, student and
+        teacher) with ``torch.compile``. "auto" compiles on CUDA, where it is faster
+        (``benchmarks/RESULTS.md``), and not on the CPU, where compiling takes longer than
+        it saves in a run of minutes. The compiled run draws the same random numbers and
+        follows the same loss curve as the eager one up to float rounding; if compiling
+        fails, training continues uncompiled with a ``CompileFallbackWarning``.
     num_workers : int, default=0
         DataLoader worker processes that decode image files.
     in_memory : bool or "auto", default="auto"
@@ -209,6 +217,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         drop_path_rate: float = 0.1,
         device: str | torch.device = "auto",
         precision: str = "auto",
+        compile: bool | str = "auto",
         num_workers: int = 0,
         in_memory: bool | str = "auto",
         checkpoint_dir: str | os.PathLike | None = None,
@@ -239,6 +248,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.drop_path_rate = drop_path_rate
         self.device = device
         self.precision = precision
+        self.compile = compile
         self.num_workers = num_workers
         self.in_memory = in_memory
         self.checkpoint_dir = checkpoint_dir
@@ -313,6 +323,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
                 device,
                 resolve_precision(self.precision, device),
                 self.checkpoint_dir,
+                compile=resolve_compile(self.compile, device),
             )
         check_patch_multiples(
             backbone, {"image_size": self.data_config_["image_size"]}, self.image_size is not None

@@ -861,6 +861,7 @@ _PRETRAIN_PARAMETERS = (
     "checkpoint_every",
 )
 _IN_MEMORY = {"auto": "auto", "yes": True, "no": False}
+_COMPILE = _IN_MEMORY
 
 
 def _add_pretrain_parser(commands: Any) -> None:
@@ -935,6 +936,11 @@ def _add_pretrain_parser(commands: Any) -> None:
         "(no), or decide by their size (auto, the default)",
     )
     pretrain.add_argument(
+        "--compile",
+        choices=sorted(_COMPILE),
+        help="torch.compile the training forward: yes, no, or auto (the default: on CUDA only)",
+    )
+    pretrain.add_argument(
         "--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: OUT/checkpoints)"
     )
     pretrain.add_argument(
@@ -1003,6 +1009,8 @@ def _pretrain_parameters(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.in_memory is not None:
         params["in_memory"] = _IN_MEMORY[args.in_memory]
+    if args.compile is not None:
+        params["compile"] = _COMPILE[args.compile]
     params["random_state"] = args.seed
     params["verbose"] = 0 if args.quiet else 1
     return params

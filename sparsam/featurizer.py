@@ -43,6 +43,7 @@ from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
 from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
+from .training.compilation import resolve_compile
 
 __all__ = ["DinoFeaturizer"]
 
@@ -162,6 +163,13 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "auto": bf16 autocast on CUDA devices that support it, fp32 on the CPU (bf16
         autocast ran 1.5-2.4x slower than fp32 even on a CPU with AMX and AVX512-BF16;
         ``benchmarks/RESULTS.md``). "bf16" forces autocast anywhere.
+    compile : bool or "auto", default="auto"
+        Compile the training forward (each transformer block and the head, student and
+        teacher) with ``torch.compile``. "auto" compiles on CUDA, where it is faster
+        (``benchmarks/RESULTS.md``), and not on the CPU, where compiling takes longer than
+        it saves in a run of minutes. The compiled run draws the same random numbers and
+        follows the same loss curve as the eager one up to float rounding; if compiling
+        fails, training continues uncompiled with a ``CompileFallbackWarning``.
     num_workers : int, default=0
         DataLoader worker processes that decode and resize image files (in ``fit`` and
         ``transform``), so that decoding overlaps training on the GPU. 0 decodes in this
@@ -349,6 +357,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         drop_path_rate: float = 0.1,
         device: str | torch.device = "auto",
         precision: str = "auto",
+        compile: bool | str = "auto",
         num_workers: int = 0,
         in_memory: bool | str = "auto",
         checkpoint_dir: str | os.PathLike | None = None,
@@ -400,6 +409,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.drop_path_rate = drop_path_rate
         self.device = device
         self.precision = precision
+        self.compile = compile
         self.num_workers = num_workers
         self.in_memory = in_memory
         self.checkpoint_dir = checkpoint_dir
@@ -468,6 +478,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 resolve_precision(self.precision, device),
                 self.checkpoint_dir,
                 self.checkpoint_every,
+                compile=resolve_compile(self.compile, device),
             )
             images = self._training_images(source, device)
             generator = torch.Generator().manual_seed(seed)

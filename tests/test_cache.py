@@ -327,3 +327,21 @@ def test_palette_images_with_other_colours_get_other_keys():
     second.putpalette([255, 0, 0] * 256)
 
     assert image_keys([first]) != image_keys([second])
+
+
+def test_entries_of_an_older_cache_format_are_not_read(
+    fitted_featurizer, tiny_images, tmp_path, monkeypatch
+):
+    # Format 3 resizes on uint8 pixels: an entry embedded from the float resize of format 2
+    # may differ in its last bits, so it lives under another name and is never read.
+    from sparsam.data import cache
+
+    older = _with_memory(fitted_featurizer, tmp_path)
+    monkeypatch.setattr(cache, "_FORMAT_VERSION", "2")
+    older.transform(tiny_images)
+    monkeypatch.undo()
+    current = _with_memory(fitted_featurizer, tmp_path)
+    embedded = _count_embedded_images(current)
+    current.transform(tiny_images)
+    assert sum(embedded) == len(tiny_images)
+    assert len(_cache_files(tmp_path)) == 2 * len(tiny_images)

@@ -138,3 +138,105 @@ def test_a_checkpoint_of_the_in_memory_run_resumes_streamed(
     with recording_steps() as steps:
         DinoFeaturizer(**run_params, in_memory=False).fit(tiny_images)
     assert steps == []
+
+
+# --- The loss read on the host every few steps (a GPU never waits for the CPU's reads) -------
+
+
+def sparse_check_trainer(checkpoint_dir, check_every, device="cpu", architecture="vit"):
+    from sparsam.backbones import create_backbone
+    from sparsam.dino import DinoHead, MultiCropAugmentation, TrainingConfig
+
+    torch.manual_seed(0)
+    name, kwargs = {
+        "vit": ("vit_tiny_patch16_224", {"patch_size": 4}),
+        "xcit": ("xcit_small_12_p8_224", {}),
+    }[architecture]
+    backbone = create_backbone(
+        name,
+        image_size=16,
+        backbone_kwargs={**kwargs, "depth": 2, "embed_dim": 32, "num_heads": 2},
+        drop_path_rate=0.1,
+    )
+    return DinoTrainer(
+        backbone,
+        DinoHead(32, out_dim=32, hidden_dim=16, bottleneck_dim=8),
+        MultiCropAugmentation(global_crop_size=16, local_crop_size=8, local_crops=2),
+        DinoLoss(32),
+        TrainingConfig(epochs=1, batch_size=2, warmup_epochs=0),
+        torch.device(device),
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=2,
+        check_every=check_every,
+    )
+
+
+def nan_at_step(monkeypatch, step):
+    original, calls = DinoLoss.forward, []
+
+    def failing_loss(self, *args, **kwargs):
+        loss, stats = original(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == step else loss), stats
+
+    monkeypatch.setattr(DinoLoss, "forward", failing_loss)
+
+
+def test_with_sparse_checks_a_non_finite_loss_stops_at_the_next_read_and_no_later_checkpoint(
+    tmp_path, monkeypatch
+):
+    trainer = sparse_check_trainer(tmp_path, check_every=4)
+    nan_at_step(monkeypatch, 3)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    with pytest.raises(FloatingPointError, match=r"at epoch 1, step 3: training stopped 1 step"):
+        trainer.fit(images, torch.Generator().manual_seed(0))
+    # Step 4 was due for a checkpoint, but checkpoints follow a read: the newest is step 2's.
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["dino_checkpoint_000000002.pt"]
+
+
+def test_with_sparse_checks_a_training_step_reads_nothing_on_the_host(tmp_path, monkeypatch):
+    trainer = sparse_check_trainer(None, check_every=1000)
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    values = {"lr": 1e-3, "weight_decay": 0.04, "teacher_momentum": 0.9}
+    values["teacher_temperature"] = 0.04
+
+    generator = torch.Generator().manual_seed(0)
+    trainer.train_step(images, generator, 1, values)
+    # AdamW's step counts are CPU tensors that torch's optimizer reads (the fused CUDA
+    # AdamW keeps them on the GPU): the only reads allowed.
+    step_counts = [state["step"] for state in trainer.optimizer.state.values()]
+    originals = {}
+
+    def host_read(name):
+        def read(self, *args, **kwargs):
+            if any(self is count for count in step_counts):
+                return originals[name](self, *args, **kwargs)
+            raise AssertionError(f"Tensor.{name} was called inside the training step")
+
+        return read
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__"):
+        originals[name] = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, host_read(name))
+    stats = trainer.train_step(images, generator, 1, values)
+    monkeypatch.undo()
+    assert set(stats) >= {"loss", "teacher_entropy", "kl"}
+    assert all(value.ndim == 0 for value in stats.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("architecture", ["vit", "xcit"])
+def test_a_cuda_training_step_never_makes_the_cpu_wait_for_the_gpu(architecture):
+    trainer = sparse_check_trainer(None, 1000, device="cuda", architecture=architecture)
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, device="cuda")
+    values = {"lr": 1e-3, "weight_decay": 0.04, "teacher_momentum": 0.9}
+    values["teacher_temperature"] = 0.04
+    generator = torch.Generator().manual_seed(0)
+    trainer.train_step(images, generator, 1, values)  # allocations, kernel selection
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step(images, generator, 1, values)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

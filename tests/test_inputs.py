@@ -1,5 +1,6 @@
 """Specification of sparsam.data.inputs: every accepted input becomes uint8 (3, H, W) tensors."""
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from PIL import Image, ImageFile
 
 from sparsam.data import ImageSource, as_image_source, iter_batches, load_images
+from sparsam.data.inputs import resize_images
 
 
 def _random_uint8(*shape: int, seed: int = 0) -> np.ndarray:
@@ -356,9 +358,10 @@ def test_paths_are_not_opened_until_indexed(tmp_path, monkeypatch):
     opened = []
     original_open = Image.open
 
-    def counting_open(*args, **kwargs):
-        opened.append(args[0])
-        return original_open(*args, **kwargs)
+    def counting_open(file, *args, **kwargs):
+        # sparsam hands PIL the file it opened itself (to sniff DICOM from the same read).
+        opened.append(Path(getattr(file, "name", file)))
+        return original_open(file, *args, **kwargs)
 
     monkeypatch.setattr(Image, "open", counting_open)
 
@@ -714,3 +717,88 @@ def test_load_images_reports_progress_per_decoded_batch():
     load_images(_random_uint8(5, 4, 4), image_size=4, batch_size=2, progress=decoded.append)
 
     assert decoded == [2, 2, 1]
+
+
+# --- Resizing on uint8 pixels, a batch at a time (issue 19) ----------------------------------
+
+
+def _float_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """sparsam's resize before it moved to uint8: interpolate floats, round back."""
+    resized = torch.nn.functional.interpolate(
+        image[None].float(), size=(size, size), mode="bilinear", antialias=True
+    )[0]
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("size", [8, 21, 48], ids=["down", "odd", "up"])
+def test_uint8_resize_is_within_one_grey_level_of_the_float_resize(size):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 30, 30), dtype=torch.uint8, generator=generator)
+    resized = resize_images(list(images), size)
+    expected = torch.stack([_float_resize(image, size) for image in images])
+    difference = (resized.int() - expected.int()).abs()
+    assert difference.max() <= 1
+    assert resized.shape == (6, 3, size, size) and resized.is_contiguous()
+
+
+def test_images_of_several_sizes_are_resized_in_their_order():
+    small = torch.full((3, 10, 10), 10, dtype=torch.uint8)
+    large = torch.full((3, 20, 30), 200, dtype=torch.uint8)
+    resized = resize_images([small, large, large, small], 8)
+    assert resized[:, 0, 0, 0].tolist() == [10, 200, 200, 10]
+
+
+def test_images_already_at_the_size_are_copied_unchanged():
+    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(resize_images([image], 8)[0], image)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng: rng.integers(0, 256, (5, 9, 7, 3), dtype=np.uint8),
+        lambda rng: rng.integers(0, 256, (5, 9, 7), dtype=np.uint8),
+        lambda rng: rng.integers(0, 256, (5, 9, 7, 1), dtype=np.uint8),
+        lambda rng: rng.integers(0, 256, (5, 9, 7, 4), dtype=np.uint8),
+        lambda rng: rng.random((5, 9, 7, 3), dtype=np.float32),
+        lambda rng: rng.random((5, 9, 7)),
+        lambda rng: (
+            rng.integers(0, 4096, (5, 9, 7)) * [[[1]], [[1]], [[0]], [[1]], [[16]]]
+        ).astype(np.uint16),
+    ],
+    ids=["rgb", "grey", "grey1", "rgba", "float32", "float64", "uint16"],
+)
+def test_a_stacked_batch_decodes_each_image_as_indexing_does(make):
+    source = as_image_source(make(np.random.default_rng(0)))
+    indices = [4, 0, 2]
+    batch = source.batch(indices)
+    assert batch.dtype == torch.uint8 and batch.shape == (3, 3, 9, 7)
+    for row, index in enumerate(indices):
+        assert torch.equal(batch[row], source[index])
+
+
+def test_iter_batches_of_a_stacked_array_equal_those_of_a_list_of_its_images():
+    images = np.random.default_rng(0).integers(0, 256, (7, 20, 20, 3), dtype=np.uint8)
+    stacked = torch.cat(list(iter_batches(images, 12, batch_size=3)))
+    listed = torch.cat(list(iter_batches(list(images), 12, batch_size=3)))
+    assert torch.equal(stacked, listed)
+
+
+def test_a_dicom_file_is_opened_once(tmp_path, monkeypatch):
+    pixels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    path = _write_dicom(tmp_path / "scan", pixels, bits_stored=8)
+    import builtins
+
+    opened = []
+    original = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and Path(file) == path:
+            opened.append(file)
+        return original(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    # No suffix: recognised by the DICM marker, sniffed from the same open file.
+    image = as_image_source([path])[0]
+    assert len(opened) == 1
+    assert image.shape == (3, 3, 4)

@@ -37,8 +37,9 @@ __all__ = [
 
 CACHE_DIRECTORY = "sparsam-embeddings"
 # Part of every namespace: bump it when the decoding or the file format changes, so that old
-# entries are no longer read. 2: uint16 images are scaled by their own bit depth.
-_FORMAT_VERSION = "2"
+# entries are no longer read. 2: uint16 images are scaled by their own bit depth. 3: images
+# are resized on uint8 pixels (`sparsam.data.inputs.resize_images`), within one grey level of 2.
+_FORMAT_VERSION = "3"
 
 
 def cache_location(memory: Any) -> Path | None:

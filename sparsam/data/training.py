@@ -18,7 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from sparsam.data.cache import image_keys
-from sparsam.data.inputs import ImageSource, _ResizedImages, as_image_source, load_images
+from sparsam.data.inputs import (
+    ImageSource,
+    ResizedImages,
+    as_image_source,
+    batch_as_is,
+    load_images,
+)
+from sparsam.training.transfer import on_device
 
 __all__ = [
     "IN_MEMORY_LIMIT_BYTES",
@@ -89,7 +96,7 @@ class TrainingImages:
         """uint8 batches of the images ``indices[0]``, ``indices[1]``, … in that order."""
         if self.images is not None:
             for index in indices:
-                yield self.images[index.to(self.images.device)]
+                yield self.images[on_device(index, self.images.device)]
             return
         self._sampler.batches = [index.tolist() for index in indices]
         if self._loader is None:
@@ -97,8 +104,9 @@ class TrainingImages:
             # list it reads (in this process) is replaced before every epoch.
             workers = self.num_workers > 0
             self._loader = DataLoader(
-                _ResizedImages(self.source, self.image_size),
+                ResizedImages(self.source, self.image_size),
                 batch_sampler=self._sampler,
+                collate_fn=batch_as_is,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 prefetch_factor=PREFETCH_FACTOR if workers else None,

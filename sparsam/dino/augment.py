@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..training.transfer import on_device
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MultiCropAugmentation", "normalize"]
 
 # timm's constants under sparsam's names, which stay exported for existing imports.
@@ -233,7 +235,8 @@ class MultiCropAugmentation:
             sum(_DRAWS.values()),
             generator=generator,
             device=generator.device,
-        )[:, sample_offset : sample_offset + batch].to(images.device)
+        )[:, sample_offset : sample_offset + batch]
+        uniform = on_device(uniform, images.device)
         pixels = _to_unit_float(images)
         # DINO: blur_p[0] on the first global crop, blur_p[1] on the second, solarization on the
         # second only; further global crops are treated like the second.
@@ -348,7 +351,7 @@ class MultiCropAugmentation:
 
     def _flip_matrix(self, draws: dict[str, torch.Tensor]) -> torch.Tensor:
         flip = draws["flip"]
-        probability = torch.tensor([self.horizontal_flip, self.vertical_flip], device=flip.device)
+        probability = on_device([self.horizontal_flip, self.vertical_flip], flip.device)
         signs = torch.where(flip < probability, -1.0, 1.0)
         matrix = _identity(flip)
         matrix[:, 0, 0], matrix[:, 1, 1] = signs[:, 0], signs[:, 1]
@@ -372,8 +375,8 @@ class MultiCropAugmentation:
             return identity
         # As in torchvision, each corner moves inwards by up to `perspective` of the half side,
         # and the output at a moved corner shows the input's original corner.
-        corners = torch.tensor(
-            [[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=offsets.device
+        corners = on_device(
+            [[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], offsets.device
         ).expand(offsets.shape[0], 4, 2)
         moved = corners - corners * self.perspective * offsets.reshape(-1, 4, 2)
         homography = _homography_from_points(moved, corners)
@@ -487,14 +490,14 @@ def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
 def _normalize_float(
     pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    mean_tensor = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device)[:, None, None]
-    std_tensor = torch.tensor(std, dtype=pixels.dtype, device=pixels.device)[:, None, None]
+    mean_tensor = on_device(torch.tensor(mean, dtype=pixels.dtype), pixels.device)[:, None, None]
+    std_tensor = on_device(torch.tensor(std, dtype=pixels.dtype), pixels.device)[:, None, None]
     return (pixels - mean_tensor) / std_tensor
 
 
 def _per_sample(probability: list[float], batch: int, device: torch.device) -> torch.Tensor:
     """One probability per crop, repeated for the ``batch`` samples of that crop."""
-    return torch.tensor(probability, device=device).repeat_interleave(batch)
+    return on_device(probability, device).repeat_interleave(batch)
 
 
 def _uniform(unit: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -533,7 +536,8 @@ def _homography_from_points(source: torch.Tensor, target: torch.Tensor) -> torch
     rows_u = torch.stack([x, y, one, zero, zero, zero, -x * u, -y * u], dim=-1)
     rows_v = torch.stack([zero, zero, zero, x, y, one, -x * v, -y * v], dim=-1)
     system = torch.stack([rows_u, rows_v], dim=2).reshape(-1, 8, 8)
-    solution = torch.linalg.solve(system, torch.stack([u, v], dim=-1).reshape(-1, 8))
+    # solve_ex: solve would read an error code on the host, a wait for the GPU each step.
+    solution, _ = torch.linalg.solve_ex(system, torch.stack([u, v], dim=-1).reshape(-1, 8))
     return torch.cat([solution, torch.ones_like(solution[:, :1])], dim=1).reshape(-1, 3, 3)
 
 
@@ -553,7 +557,7 @@ def _shift_hue(pixels: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1], rotation[:, 1, 2] = torch.cos(angle), -torch.sin(angle)
     rotation[:, 2, 1], rotation[:, 2, 2] = torch.sin(angle), torch.cos(angle)
-    to_yiq = _RGB_TO_YIQ.to(pixels.device, pixels.dtype)
-    from_yiq = _YIQ_TO_RGB.to(pixels.device, pixels.dtype)
+    to_yiq = on_device(_RGB_TO_YIQ.to(pixels.dtype), pixels.device)
+    from_yiq = on_device(_YIQ_TO_RGB.to(pixels.dtype), pixels.device)
     matrix = torch.where(turns[:, None, None] == 0, _identity(turns), from_yiq @ rotation @ to_yiq)
     return torch.einsum("bij,bjhw->bihw", matrix, pixels).clamp(0, 1)

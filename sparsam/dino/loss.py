@@ -88,7 +88,10 @@ class DinoLoss(nn.Module):
         different_views = ~torch.eye(
             n_global, n_crops, dtype=torch.bool, device=cross_entropy.device
         )
-        loss = cross_entropy[different_views].mean()
+        # A sum over a mask rather than indexing with it: indexing would read the number of
+        # selected pairs on the host, a wait for the GPU at every step.
+        n_pairs = n_global * n_crops - min(n_global, n_crops)
+        loss = torch.where(different_views, cross_entropy, 0.0).sum() / n_pairs
         self.update_center(teacher_output)
         with torch.no_grad():
             teacher_entropy = -(teacher_probs * torch.log(teacher_probs + 1e-12)).sum(-1).mean()

@@ -30,6 +30,8 @@ from .._checkpoints import (
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
+from ..training.compilation import RegionalCompilation, forward_restorer, repeated_blocks
+from ..training.statistics import StepStatistics
 from .augment import MultiCropAugmentation, normalize
 from .distributed import (
     average_batchnorm_statistics,
@@ -62,6 +64,8 @@ logger = logging.getLogger("sparsam")
 # inference per epoch, kept on the device as uint8 (77 MB at 224 px). RankMe cannot exceed
 # the number of images, and 512 is above the width of the paper's XCiT-S12 (384).
 QUALITY_IMAGES = 512
+# Steps between host reads of the loss on a GPU (finiteness): each read waits for the GPU.
+CUDA_CHECK_EVERY = 32
 
 
 class CollapseWarning(UserWarning):
@@ -159,6 +163,16 @@ class DinoTrainer:
         Steps between mid-epoch checkpoints; None writes them at epoch ends only.
     checkpoint_keep : int, default=3
         How many of the newest checkpoints to keep; older ones of this directory are removed.
+    compile : bool, default=False
+        Compile the repeated blocks of student and teacher and the heads with
+        ``torch.compile`` during ``fit`` (`sparsam.training.compilation`); if compiling
+        fails, training continues uncompiled with a `CompileFallbackWarning`.
+    check_every : int or None, default=None
+        Steps between the host's reads of the loss: a non-finite loss stops training at the
+        next read, and checkpoints are written only after one. None reads every step on the
+        CPU, where reading costs nothing and training stops before a non-finite step changes
+        the model, and every `CUDA_CHECK_EVERY` steps on a GPU, where every read makes the CPU
+        wait for the GPU.
 
     Attributes
     ----------
@@ -192,9 +206,13 @@ class DinoTrainer:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         checkpoint_keep: int = 3,
+        compile: bool = False,
+        check_every: int | None = None,
     ) -> None:
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every!r}.")
+        if check_every is not None and check_every < 1:
+            raise ValueError(f"check_every must be None or >= 1, got {check_every!r}.")
         if checkpoint_keep < 1:
             raise ValueError(f"checkpoint_keep must be >= 1, got {checkpoint_keep!r}.")
         if config.clip_grad_mode not in ("per_parameter", "global"):
@@ -208,6 +226,10 @@ class DinoTrainer:
         self.device = device
         self.checkpoint_every = checkpoint_every
         self.checkpoint_keep = checkpoint_keep
+        self.compile = compile
+        if check_every is None:
+            check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
+        self.check_every = check_every
         self._distributed_student: nn.Module | None = None
         self._average_teacher_statistics = False
         self._step = 0
@@ -224,7 +246,14 @@ class DinoTrainer:
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self._set_training_modes()
-        self.optimizer = torch.optim.AdamW(weight_decay_groups(self.student))
+        # One fused kernel for the whole update on a GPU instead of a few per parameter group.
+        self.optimizer = torch.optim.AdamW(
+            weight_decay_groups(self.student), fused=device.type == "cuda"
+        )
+        self._compilation = RegionalCompilation([], enabled=False)
+        self._statistics = StepStatistics(device)
+        self._steps_per_epoch: int | None = None
+        self._may_compile = False
         self.history: dict[str, list[float]] = {}
         self.initial_rankme = math.nan
         self._quality_images: torch.Tensor | None = None
@@ -286,6 +315,7 @@ class DinoTrainer:
         self._shard = (this_rank * batch_size, global_batch)
         cuda_devices = [self.device] if self.device.type == "cuda" else []
         plan = _Plan(batch_size, global_batch, steps_per_epoch, schedules, settings)
+        self._steps_per_epoch = steps_per_epoch
         with (
             torch.random.fork_rng(devices=cuda_devices),
             interruptible(
@@ -293,7 +323,9 @@ class DinoTrainer:
                 "(press Ctrl-C again to stop at once, without one).",
                 enabled=not is_distributed(),
             ) as interrupted,
+            RegionalCompilation(self._compiled_modules(), self.compile) as compilation,
         ):
+            self._compilation = compilation
             seed = int(torch.randint(2**62, (1,), generator=generator))
             # Each rank its own drop-path masks.
             seed_global_generators(seed + this_rank, self.device)
@@ -302,39 +334,53 @@ class DinoTrainer:
             self._set_training_modes()
             self._wrap_for_distributed()
             try:
-                for epoch in range(position.epoch, config.epochs):
-                    if position.order is None or epoch != position.epoch:
-                        order = torch.randperm(n_images, generator=generator)
-                        position = _Position(epoch, 0, order, {})
-                    row = self._train_epoch(images, generator, position, plan, interrupted)
-                    row["rankme"] = self._teacher_rankme()
-                    for name, value in row.items():
-                        self.history.setdefault(name, []).append(value)
-                    if is_main_process():
-                        logger.info(
-                            "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), "
-                            "KL %.4f, RankMe %.1f",
-                            epoch + 1,
-                            config.epochs,
-                            row["loss"],
-                            row["teacher_entropy"],
-                            self.loss.max_entropy,
-                            row["kl"],
-                            row["rankme"],
-                        )
-                    position = _Position(epoch + 1, 0, None, {})
-                    path = self._save_checkpoint(position, generator, plan)
-                    if progress is not None:
-                        progress(epoch, row)
-                    if interrupted() and epoch + 1 < config.epochs:
-                        self._stop_interrupted(position, steps_per_epoch, path)
+                self._train_epochs(images, generator, position, plan, interrupted, progress)
             finally:
+                self._compilation = RegionalCompilation([], enabled=False)
                 self._unwrap_for_distributed()
                 images.close()
                 self._quality_images = None
         if is_main_process():
             self._warn_if_collapsed()
         return self.history
+
+    def _train_epochs(
+        self,
+        images: TrainingImages,
+        generator: torch.Generator,
+        position: _Position,
+        plan: _Plan,
+        interrupted: Callable[[], bool],
+        progress: Callable[[int, dict[str, float]], None] | None,
+    ) -> None:
+        """Train from ``position`` to the last epoch, recording and saving after each."""
+        config = self.config
+        for epoch in range(position.epoch, config.epochs):
+            if position.order is None or epoch != position.epoch:
+                order = torch.randperm(len(images), generator=generator)
+                position = _Position(epoch, 0, order, {})
+            row = self._train_epoch(images, generator, position, plan, interrupted)
+            row["rankme"] = self._teacher_rankme()
+            for name, value in row.items():
+                self.history.setdefault(name, []).append(value)
+            if is_main_process():
+                logger.info(
+                    "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), "
+                    "KL %.4f, RankMe %.1f",
+                    epoch + 1,
+                    config.epochs,
+                    row["loss"],
+                    row["teacher_entropy"],
+                    self.loss.max_entropy,
+                    row["kl"],
+                    row["rankme"],
+                )
+            position = _Position(epoch + 1, 0, None, {})
+            path = self._save_checkpoint(position, generator, plan)
+            if progress is not None:
+                progress(epoch, row)
+            if interrupted() and epoch + 1 < config.epochs:
+                self._stop_interrupted(position, plan.steps_per_epoch, path)
 
     def _train_epoch(
         self,
@@ -346,7 +392,12 @@ class DinoTrainer:
     ) -> dict[str, float]:
         """Train the rest of an epoch from ``position``; the epoch's history row."""
         started = time.perf_counter()
-        epoch, totals = position.epoch, dict(position.totals)
+        epoch = position.epoch
+        self._statistics = StepStatistics(self.device, position.totals)
+        # Compiling happens at a block's first call in a new mode (the head warm-up switches
+        # the backbone's gradients at an epoch's start): the first step of an epoch can be
+        # repeated uncompiled if compiling fails.
+        self._may_compile = self._compilation.active
         offset = rank() * plan.batch_size
         starts = range(
             position.step * plan.global_batch,
@@ -361,18 +412,17 @@ class DinoTrainer:
             values = {
                 name: float(schedule[self._step]) for name, schedule in plan.schedules.items()
             }
-            stats = self.train_step(
-                batch.to(self.device, non_blocking=True), generator, epoch, values
-            )
-            for name, value in stats.items():
-                totals[name] = totals.get(name, 0.0) + value
+            self.train_step(batch.to(self.device, non_blocking=True), generator, epoch, values)
+            self._may_compile = False
             every = self.checkpoint_every
             due = every is not None and (self._step + 1) % every == 0
             if done < plan.steps_per_epoch and (due or interrupted()):
-                position = _Position(epoch, done, position.order, totals)
+                position = _Position(epoch, done, position.order, self._statistics.totals())
                 path = self._save_checkpoint(position, generator, plan)
                 if interrupted():
                     self._stop_interrupted(position, plan.steps_per_epoch, path)
+        self._raise_if_non_finite()
+        totals = self._statistics.totals()
         row = {name: total / plan.steps_per_epoch for name, total in totals.items()}
         row = _mean_over_ranks(row, self.device)
         row.update(values)
@@ -385,8 +435,13 @@ class DinoTrainer:
         generator: torch.Generator,
         epoch: int,
         values: dict[str, float],
-    ) -> dict[str, float]:
-        """One DINO step on a uint8 batch; ``values`` holds this step's schedule values."""
+    ) -> dict[str, torch.Tensor]:
+        """One DINO step on a uint8 batch; ``values`` holds this step's schedule values.
+
+        Returns the step's DINO loss and statistics as 0-d tensors on the training device,
+        also added to the epoch's sums: reading them on the host would make the CPU wait for
+        the GPU (`sparsam.training.statistics`).
+        """
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = values["lr"]
             group["weight_decay"] = values["weight_decay"] if i == 0 else 0.0
@@ -399,39 +454,13 @@ class DinoTrainer:
             self.student.backbone.requires_grad_(not warming_up)
         offset, total = self._shard
         crops = self.augmentation(images, generator, sample_offset=offset, total_samples=total)
-        n_global = self.augmentation.global_crops
-        with self._autocast():
-            with torch.no_grad():
-                _, teacher_output = self.teacher(crops[:n_global])
-            student_embeddings, student_output = (self._distributed_student or self.student)(crops)
-        dino_loss, stats = self.loss(
-            student_output, teacher_output, values["teacher_temperature"], len(crops)
+        restore = (
+            forward_restorer([self.student, self.teacher, self.loss], self.device)
+            if self._may_compile
+            else None
         )
-        loss = dino_loss
-        if self.config.koleo_weight > 0:
-            # DINOv2 sums the KoLeo terms of the global crops (never across two crops of one
-            # image, whose embeddings should agree).
-            global_embeddings = student_embeddings[: len(images) * n_global].chunk(n_global)
-            koleo = torch.stack([koleo_loss(view) for view in global_embeddings]).sum()
-            stats["koleo"] = koleo.detach()
-            loss = loss + self.config.koleo_weight * koleo
-        if not math.isfinite(loss.item()):
-            where = f" in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
-            raise FloatingPointError(
-                f"DINO loss is {loss.item()} at epoch {epoch + 1}, step {self._step + 1}: "
-                f"training stopped before this step changed the model, and the last checkpoint"
-                f"{where} (if any) holds the last good state. Lower lr, raise "
-                "warmup_epochs, or use precision='fp32'."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        if self._distributed_student is None:
-            loss.backward()
-        else:
-            with warnings.catch_warnings():
-                # DDP's note on XCiT's depthwise convolutions, whose gradients come in another
-                # memory layout than its buckets: a copy per step, not an error.
-                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-                loss.backward()
+        stats = self._compilation.run(lambda: self._forward_backward(crops, values), restore)
+        self._statistics.add(stats)
         if warming_up and self._distributed_student is not None:
             for parameter in self.student.backbone.parameters():
                 parameter.grad = None
@@ -447,7 +476,72 @@ class DinoTrainer:
             # Every step, so that the model does not depend on when checkpoints are written,
             # and a checkpoint holds the statistics every rank has.
             average_batchnorm_statistics(self.teacher)
-        return {"loss": dino_loss.item(), **{name: value.item() for name, value in stats.items()}}
+        return stats
+
+    def _forward_backward(
+        self, crops: list[torch.Tensor], values: dict[str, float]
+    ) -> dict[str, torch.Tensor]:
+        """Teacher and student on the crops, the loss and its gradients; the step's statistics."""
+        n_global = self.augmentation.global_crops
+        with self._autocast():
+            with torch.no_grad():
+                _, teacher_output = self.teacher(crops[:n_global])
+            student_embeddings, student_output = (self._distributed_student or self.student)(crops)
+        dino_loss, stats = self.loss(
+            student_output, teacher_output, values["teacher_temperature"], len(crops)
+        )
+        loss = dino_loss
+        if self.config.koleo_weight > 0:
+            # DINOv2 sums the KoLeo terms of the global crops (never across two crops of one
+            # image, whose embeddings should agree).
+            global_embeddings = student_embeddings[: len(crops[0]) * n_global].chunk(n_global)
+            koleo = torch.stack([koleo_loss(view) for view in global_embeddings]).sum()
+            stats["koleo"] = koleo.detach()
+            loss = loss + self.config.koleo_weight * koleo
+        self._statistics.check(self._step, loss)
+        if (self._step + 1) % self.check_every == 0:
+            self._raise_if_non_finite()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._distributed_student is None:
+            loss.backward()
+        else:
+            with warnings.catch_warnings():
+                # DDP's note on XCiT's depthwise convolutions, whose gradients come in another
+                # memory layout than its buckets: a copy per step, not an error.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+                loss.backward()
+        return {"loss": dino_loss.detach(), **stats}
+
+    def _raise_if_non_finite(self) -> None:
+        """Stop training if a loss since the epoch's start was not finite (one host read)."""
+        bad = self._statistics.first_non_finite()
+        if bad is None:
+            return
+        step, value = bad
+        steps_per_epoch = self._steps_per_epoch or step + 1
+        where = f" in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
+        if step == self._step:
+            stopped = "training stopped before this step changed the model"
+        else:
+            stopped = (
+                f"training stopped {self._step - step} step(s) later (the loss is read every "
+                f"{self.check_every} steps on this device, so the model may hold non-finite "
+                "weights; checkpoints are written only after a read)"
+            )
+        raise FloatingPointError(
+            f"DINO loss is {value} at epoch {step // steps_per_epoch + 1}, step {step + 1}: "
+            f"{stopped}, and the last checkpoint{where} (if any) "
+            "holds the last good state. Lower lr, raise warmup_epochs, or use precision='fp32'."
+        )
+
+    def _compiled_modules(self) -> list[nn.Module]:
+        """What ``compile`` compiles: the blocks of both backbones and both heads."""
+        return [
+            *repeated_blocks(self.student.backbone),
+            *repeated_blocks(self.teacher.backbone),
+            self.student.head,
+            self.teacher.head,
+        ]
 
     def _wrap_for_distributed(self) -> None:
         if not is_distributed():
@@ -502,7 +596,9 @@ class DinoTrainer:
         # them alone, and no drop-path draws from the generators training uses.
         backbone.eval()
         try:
-            with torch.inference_mode(), self._autocast():
+            # Uncompiled: compiling the blocks once more for inference would cost more than
+            # the few batches it would speed up.
+            with torch.inference_mode(), self._autocast(), self._compilation.eager():
                 embeddings = torch.cat(
                     [
                         backbone(
@@ -604,6 +700,8 @@ class DinoTrainer:
         """Write the state after ``position`` (rank 0; every rank takes part); its path."""
         if self.checkpoint_dir is None:
             return None
+        # A checkpoint holds only a state whose losses were all read as finite.
+        self._raise_if_non_finite()
         # Every rank's generators: each rank draws its own drop-path masks.
         torch_rng = gather_objects(torch.get_rng_state())
         # Each rank's sums of its own batches' statistics so far in this epoch.

@@ -32,7 +32,10 @@ from ..data.training import TrainingImages
 from ..dino.augment import MultiCropAugmentation, normalize
 from ..dino.distributed import is_main_process
 from ..dino.schedules import cosine_schedule
-from ..dino.trainer import weight_decay_groups
+from ..dino.trainer import CUDA_CHECK_EVERY, weight_decay_groups
+from ..training.compilation import RegionalCompilation, forward_restorer, repeated_blocks
+from ..training.statistics import StepStatistics
+from ..training.transfer import on_device
 
 __all__ = ["ClassifierModel", "FineTuneConfig", "FineTuneTrainer", "balanced_accuracy"]
 
@@ -123,6 +126,13 @@ class FineTuneTrainer:
         weights and settings). Ctrl-C during ``fit`` finishes the epoch, writes a checkpoint
         and raises KeyboardInterrupt saying how to resume.
     checkpoint_keep : int, default=3
+    compile : bool, default=False
+        Compile the backbone's repeated blocks and the head with ``torch.compile`` during
+        ``fit``; if compiling fails, training continues uncompiled with a
+        `CompileFallbackWarning` (`sparsam.training.compilation`).
+    check_every : int or None, default=None
+        Steps between the host's reads of the loss (finiteness); None reads every step on
+        the CPU and every `sparsam.dino.trainer.CUDA_CHECK_EVERY` steps on a GPU.
 
     Attributes
     ----------
@@ -147,7 +157,11 @@ class FineTuneTrainer:
         autocast_dtype: torch.dtype | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_keep: int = 3,
+        compile: bool = False,
+        check_every: int | None = None,
     ) -> None:
+        if check_every is not None and check_every < 1:
+            raise ValueError(f"check_every must be None or >= 1, got {check_every!r}.")
         if augmentation.global_crops != 1 or augmentation.local_crops != 0:
             raise ValueError(
                 "Fine-tuning trains on one crop per image: expected an augmentation with "
@@ -161,6 +175,8 @@ class FineTuneTrainer:
         self.autocast_dtype = autocast_dtype
         self.augmentation = augmentation
         self.checkpoint_keep = checkpoint_keep
+        self.compile = compile
+        self.check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
         self.checkpoint_dir = (
             check_writable_directory(checkpoint_dir, "checkpoint_dir")
             if checkpoint_dir is not None
@@ -168,7 +184,13 @@ class FineTuneTrainer:
         )
         self.model = ClassifierModel(backbone, n_classes).to(device)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(weight_decay_groups(self.model))
+        self.optimizer = torch.optim.AdamW(
+            weight_decay_groups(self.model), fused=device.type == "cuda"
+        )
+        self._compilation = RegionalCompilation([], enabled=False)
+        self._statistics = StepStatistics(device)
+        self._step = 0
+        self._may_compile = False
         self.history: dict[str, list[float]] = {}
         self.best_epoch = -1
         self._best: dict = {}
@@ -213,16 +235,20 @@ class FineTuneTrainer:
         )
         images.to(self.device)
         cuda_devices = [self.device] if self.device.type == "cuda" else []
+        compiled = [*repeated_blocks(self.model.backbone), self.model.head]
         with (
             torch.random.fork_rng(devices=cuda_devices),
             interruptible(
                 "Interrupted: fine-tuning stops after this epoch and saves a checkpoint "
                 "(press Ctrl-C again to stop at once, without one)."
             ) as interrupted,
+            RegionalCompilation(compiled, self.compile) as compilation,
         ):
+            self._compilation = compilation
             seed = int(torch.randint(2**62, (1,), generator=generator))
             seed_global_generators(seed, self.device)
             start, epochs_without_improvement = self._resume(generator, settings)
+            self._step = start * steps_per_epoch
             try:
                 for epoch in range(start, config.epochs):
                     if (
@@ -266,6 +292,7 @@ class FineTuneTrainer:
                     if interrupted() and epoch + 1 < config.epochs:
                         self._stop_interrupted(epoch + 1, path)
             finally:
+                self._compilation = RegionalCompilation([], enabled=False)
                 images.close()
         if self._best:
             self.model.load_state_dict(self._best["state"])
@@ -283,16 +310,22 @@ class FineTuneTrainer:
         lr: np.ndarray,
     ) -> dict[str, float]:
         """One pass over the batches of image indices; the epoch's mean loss and last lr."""
-        total_loss = 0.0
+        self._statistics = StepStatistics(self.device)
+        # The first step compiles (and may be repeated uncompiled if compiling fails).
+        self._may_compile = self._compilation.active
         for indices, batch, step_lr in zip(batches, images.batches(list(batches)), lr, strict=True):
             loss = self.train_step(
                 batch.to(self.device, non_blocking=True),
-                labels[indices.to(self.device)],
+                labels[on_device(indices, self.device)],
                 class_weights,
                 generator,
                 float(step_lr),
             )
-            total_loss += loss * len(indices)
+            self._statistics.add({"loss": loss * len(indices)})
+            self._may_compile = False
+            self._step += 1
+        self._raise_if_non_finite()
+        total_loss = self._statistics.totals()["loss"]
         return {"loss": total_loss / sum(len(indices) for indices in batches), "lr": float(lr[-1])}
 
     def train_step(
@@ -302,24 +335,47 @@ class FineTuneTrainer:
         class_weights: torch.Tensor,
         generator: torch.Generator,
         lr: float,
-    ) -> float:
-        """One step on a uint8 batch; returns its class-weighted loss."""
+    ) -> torch.Tensor:
+        """One step on a uint8 batch; returns its class-weighted loss, a 0-d tensor."""
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = lr
             group["weight_decay"] = self.config.weight_decay if i == 0 else 0.0
         (crops,) = self.augmentation(images, generator)
+        restore = forward_restorer([self.model], self.device) if self._may_compile else None
+        loss = self._compilation.run(
+            lambda: self._forward_backward(crops, labels, class_weights), restore
+        )
+        self.optimizer.step()
+        return loss
+
+    def _forward_backward(
+        self, crops: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor
+    ) -> torch.Tensor:
         with self._autocast():
             logits = self.model(crops)
         loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"Fine-tuning loss is {loss.item()}: training stopped before this step changed "
-                "the model. Lower lr or use precision='fp32'."
-            )
+        self._statistics.check(self._step, loss)
+        if (self._step + 1) % self.check_every == 0:
+            self._raise_if_non_finite()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        return loss.item()
+        return loss.detach()
+
+    def _raise_if_non_finite(self) -> None:
+        bad = self._statistics.first_non_finite()
+        if bad is None:
+            return
+        step, value = bad
+        stopped = (
+            "training stopped before this step changed the model"
+            if step == self._step
+            else f"training stopped {self._step - step} step(s) later (the loss is read every "
+            f"{self.check_every} steps on this device)"
+        )
+        raise FloatingPointError(
+            f"Fine-tuning loss is {value} at step {step + 1}: {stopped}. Lower lr or use "
+            "precision='fp32'."
+        )
 
     @torch.no_grad()
     def _validate(
@@ -333,7 +389,7 @@ class FineTuneTrainer:
         self.model.eval()
         try:
             chunks = list(indices.split(self.config.batch_size))
-            with self._autocast():
+            with self._autocast(), self._compilation.eager():
                 logits = torch.cat(
                     [
                         self.model(
