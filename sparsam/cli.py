@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 import warnings
@@ -521,26 +520,6 @@ def _input_names(images: list[Path] | np.ndarray, data: str | os.PathLike[str]) 
     return names
 
 
-def _on_main_process(check: Any) -> Any:
-    """Run ``check()`` on rank 0 only; every rank returns its result or raises its error.
-
-    Under torchrun, a check of the file system that only one rank failed would leave the
-    others waiting for it in the first collective of training.
-    """
-    from .dino.distributed import broadcast_object, is_main_process
-
-    outcome: tuple[bool, Any] = (True, None)
-    if is_main_process():
-        try:
-            outcome = (True, check())
-        except (ValueError, OSError) as error:
-            outcome = (False, str(error))
-    succeeded, value = broadcast_object(outcome)
-    if not succeeded:
-        raise ValueError(value)
-    return value
-
-
 def _check_checkpoints(checkpoint_dir: Path, resume: bool) -> Path | None:
     """The checkpoint ``--resume`` continues from; refuse to mix runs either way."""
     from .dino.trainer import list_checkpoints
@@ -621,10 +600,10 @@ def run_pretrain(
             params["device"] = str(device)
         if not distributed.is_main_process():
             params["verbose"] = 0  # one progress bar, not one per process
-        newest = _on_main_process(lambda: _check_checkpoints(checkpoint_dir, resume))
+        newest = distributed.on_main_process(lambda: _check_checkpoints(checkpoint_dir, resume))
         images = resolve_images(data, root)
         # Before training, so that a read-only or misspelt --out fails now, not after hours.
-        _on_main_process(lambda: check_writable_directory(out, "--out"))
+        distributed.on_main_process(lambda: check_writable_directory(out, "--out"))
         featurizer = DinoFeaturizer(**params, checkpoint_dir=checkpoint_dir)
         if distributed.is_main_process():
             print(
@@ -686,6 +665,13 @@ def run_embed(
     inputs one per line in row order (``DATA[index]`` for data sets of arrays). If embedding
     fails, neither file is written or changed.
 
+    Under ``torchrun`` every process joins the process group
+    (``sparsam.dino.distributed.init_from_environment``), embeds one contiguous block of the
+    images, chunk by chunk, on its own device and writes its rows into the file that rank 0
+    created; rank 0 renames it into place once every process has written its rows, and only
+    rank 0 prints. A failure on any process stops all of them and leaves no output. ``out``
+    must lie on a file system that every process sees.
+
     Parameters
     ----------
     data : str or path-like
@@ -705,9 +691,11 @@ def run_embed(
         Featurizer settings; its defaults (or the saved featurizer's) when omitted.
         ``image_size`` cannot change a saved featurizer.
     device, precision : str, optional
-        Featurizer device and precision (``"auto"``, ``"fp32"``, ``"bf16"``).
+        Featurizer device and precision (``"auto"``, ``"fp32"``, ``"bf16"``). Under torchrun
+        each process takes the GPU of its ``LOCAL_RANK``, or the CPU with ``"cpu"`` or
+        without CUDA.
     chunk_size : int, default=4096
-        Images embedded per ``transform`` call.
+        Images embedded per ``transform`` call (per process under torchrun).
     overwrite : bool, default=False
         Replace existing output files instead of refusing.
     verbose : int, default=1
@@ -717,9 +705,11 @@ def run_embed(
     -------
     out : Path
     """
-    from numpy.lib.format import open_memmap
+    import torch.distributed
 
-    from ._files import atomic_write, check_writable_directory
+    from ._embedding_file import write_embeddings
+    from ._files import check_writable_directory
+    from .dino import distributed
 
     out = Path(out)
     if out.suffix != ".npy":
@@ -727,60 +717,54 @@ def run_embed(
     if chunk_size < 1:
         raise ValueError(f"--chunk-size {chunk_size}: expected a positive number of images.")
     listing = out.with_suffix(".txt")
-    for path in (out, listing):
+    was_distributed = distributed.is_distributed()
+    rank_device = distributed.init_from_environment(device or "auto")
+    joined_here = distributed.is_distributed() and not was_distributed
+    try:
+        if distributed.is_distributed():
+            # Each rank embeds on the device torchrun's LOCAL_RANK gives it.
+            device = str(rank_device)
+        if not distributed.is_main_process():
+            verbose = 0  # one progress bar, not one per process
+        distributed.on_main_process(lambda: _refuse_existing((out, listing), overwrite))
+        images = resolve_images(data, root)
+        names = _input_names(images, data)
+        distributed.on_main_process(lambda: check_writable_directory(out.parent, "--out folder"))
+        featurizer = _embedding_featurizer(
+            backbone,
+            images[:1],
+            architecture=architecture,
+            image_size=image_size,
+            settings={
+                "batch_size": batch_size,
+                "device": device,
+                "precision": precision,
+                "num_workers": num_workers,
+            },
+            verbose=verbose,
+        )
+        shape = write_embeddings(
+            featurizer, images, names, out, chunk_size=chunk_size, verbose=verbose
+        )
+        if distributed.is_main_process():
+            print(
+                f"Wrote {shape[0]} embeddings of {shape[1]} features to {out}; inputs in "
+                f"{listing}"
+                + (f"; {distributed.world_size()} processes (torchrun)" if joined_here else "")
+            )
+    finally:
+        if joined_here:
+            torch.distributed.destroy_process_group()
+    return out
+
+
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to replace output files, unless ``--overwrite``."""
+    for path in paths:
         if path.exists() and not overwrite:
             raise ValueError(
                 f"{path} exists; pass --overwrite to replace it, or choose another --out."
             )
-    images = resolve_images(data, root)
-    names = _input_names(images, data)
-    check_writable_directory(out.parent, "--out folder")
-    featurizer = _embedding_featurizer(
-        backbone,
-        images[:1],
-        architecture=architecture,
-        image_size=image_size,
-        settings={
-            "batch_size": batch_size,
-            "device": device,
-            "precision": precision,
-            "num_workers": num_workers,
-        },
-        verbose=verbose,
-    )
-    temporary = _reserve_beside(out)
-    try:
-        embeddings = open_memmap(
-            temporary, mode="w+", dtype=np.float32, shape=(len(images), featurizer.n_features_out_)
-        )
-        for start in range(0, len(images), chunk_size):
-            stop = min(start + chunk_size, len(images))
-            embeddings[start:stop] = featurizer.transform(images[start:stop])
-            if verbose and len(images) > chunk_size:
-                print(f"embedded {stop}/{len(images)} images", file=sys.stderr)
-        embeddings.flush()
-        shape = embeddings.shape
-        # Unmap before the rename: Windows cannot rename a mapped file.
-        del embeddings
-        with atomic_write(listing, "w") as file:
-            file.write("".join(f"{name}\n" for name in names))
-            os.replace(temporary, out)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    print(f"Wrote {shape[0]} embeddings of {shape[1]} features to {out}; inputs in {listing}")
-    return out
-
-
-def _reserve_beside(path: Path) -> Path:
-    """A new, empty hidden file next to ``path`` (created with the umask, as ``open`` does)."""
-    while True:
-        temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return temporary
 
 
 def _embedding_featurizer(
@@ -966,7 +950,9 @@ def _add_embed_parser(commands: Any) -> None:
             "Embed the images of DATA with a pretrained backbone and write the embeddings, one "
             "row per image, to FILE.npy (memory-mapped, chunk by chunk, so millions of images "
             "need no memory), and the inputs in row order to FILE.txt. Load them with "
-            "numpy.load(FILE, mmap_mode='r')."
+            "numpy.load(FILE, mmap_mode='r'). For several GPUs: torchrun --nproc-per-node N "
+            "-m sparsam embed ... (each process embeds one block of the images into the same "
+            "file)."
         ),
     )
     embed.add_argument("data", metavar="DATA", help=_DATA_HELP)
@@ -992,7 +978,7 @@ def _add_embed_parser(commands: Any) -> None:
         type=int,
         default=4096,
         metavar="N",
-        help="images per transform call, written to the file at once (default: 4096)",
+        help="images per transform call and process, written to the file at once (default: 4096)",
     )
     embed.add_argument(
         "--overwrite", action="store_true", help="replace existing FILE.npy and FILE.txt"

@@ -7,6 +7,7 @@ import math
 import os
 import warnings
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any, ClassVar
 
 import joblib
@@ -39,6 +40,7 @@ from .data.cache import (
     weights_digest,
 )
 from .data.training import TrainingImages
+from .dino import distributed
 from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
@@ -516,10 +518,30 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         embeddings : ndarray of shape (n, n_features_out_), float32
             With ``memory`` set, images embedded before are read from the cache and the
             others are embedded and stored.
+
+        Notes
+        -----
+        Called in every process of an initialised ``torch.distributed`` process group of
+        more than one process (``torchrun``), with the same ``X`` in each, every process
+        embeds one contiguous block of the images (with ``memory``: reads its block from the
+        cache and embeds and stores only the images missing there) and every process returns
+        all ``n`` rows, in input order. Each process embeds on its own ``device``; with
+        ``"auto"``, the current CUDA device, which
+        ``sparsam.dino.distributed.init_from_environment`` sets to the GPU of its
+        ``LOCAL_RANK``. Inside ``sparsam.dino.distributed.no_sharding()`` each process embeds
+        all of its own ``X``.
         """
         check_is_fitted(self, "backbone_")
         location = cache_location(self.memory)
         source = as_image_source(X)
+        if distributed.sharding_active():
+            return distributed.shard_and_gather(
+                lambda shard: self._cached_embeddings(subset_source(source, shard), location),
+                len(source),
+            )
+        return self._cached_embeddings(source, location)
+
+    def _cached_embeddings(self, source: ImageSource, location: Path | None) -> np.ndarray:
         if location is None:
             return self._embed(source)
         device = self._resolve_device()

@@ -2,6 +2,10 @@
 
 import contextlib
 import copy
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -122,3 +126,30 @@ def _recording_steps():
 def recording_steps():
     """``with recording_steps() as epochs:`` lists the epoch of every DINO step trained inside."""
     return _recording_steps
+
+
+def torchrun_two_processes(arguments: list[str]) -> subprocess.CompletedProcess:
+    """``arguments`` (a script or ``-m module`` and its arguments) under torchrun, 2 processes.
+
+    A run that hangs (ranks left waiting for each other) is killed with all its processes
+    after 2 minutes, and ``subprocess.TimeoutExpired`` fails the test.
+    """
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+        *arguments,
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
