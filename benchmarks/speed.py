@@ -62,7 +62,7 @@ def synchronize(device: torch.device) -> None:
 
 def training_images(args: argparse.Namespace) -> np.ndarray:
     if args.data == "digits":
-        return load_demo()[0]
+        return load_demo()[0][: args.n]
     rng = np.random.default_rng(0)
     coarse = rng.integers(0, 256, (args.n, args.source // 8, args.source // 8, 3), dtype=np.uint8)
     return np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
@@ -125,15 +125,22 @@ def step_flops(params: dict, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def sparsam_rate(params: dict, images: np.ndarray, compile: bool) -> tuple[float, float]:
-    """Images per second over the epochs after the first, and the first epoch's seconds."""
+def sparsam_rate(params: dict, images: np.ndarray, compile: bool) -> tuple[float, float, str]:
+    """Images per second over the epochs after the first, the first epoch's seconds, and
+    the peak GPU memory of the fit ("" on a CPU)."""
+    device = torch.device(params["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         featurizer = DinoFeaturizer(**params, compile=compile).fit(images)
     seconds = featurizer.history_["seconds"]
     later = seconds[1:] or seconds
     steps = len(images) // params["batch_size"]
-    return steps * params["batch_size"] * len(later) / sum(later), seconds[0]
+    memory = ""
+    if device.type == "cuda":
+        memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+    return steps * params["batch_size"] * len(later) / sum(later), seconds[0], memory
 
 
 def peer_rate(script: Path, args: argparse.Namespace, params: dict) -> float:
@@ -145,7 +152,8 @@ def peer_rate(script: Path, args: argparse.Namespace, params: dict) -> float:
         "--arch", args.arch, "--model-kwargs", args.model_kwargs,
         "--img", str(args.img), "--patch", str(args.patch), "--batch", str(args.batch),
         "--local-views", str(args.local_crops), "--out-dim", str(out_dim),
-        "--hf-prob", "0", "--vf-prob", "0", "--rr-prob", "0", "--epochs", str(args.epochs),
+        "--hf-prob", "0", "--vf-prob", "0", "--rr-prob", "0",
+        "--epochs", "1000", "--minutes", str(args.peer_minutes),
     ]  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return float(re.search(r"images_per_s=([\d.]+)", output).group(1))
@@ -163,12 +171,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", choices=("digits", "synthetic"), default="digits")
-    parser.add_argument("--n", type=int, default=1024, help="synthetic images")
+    parser.add_argument("--n", type=int, default=512, help="training images")
     parser.add_argument("--source", type=int, default=256, help="side of synthetic images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", choices=("no", "yes", "both"), default="both")
     parser.add_argument("--lightly", type=Path, default=DEFAULT_PEER)
+    parser.add_argument("--peer-minutes", type=float, default=1.5, help="the peer's training time")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -186,8 +195,8 @@ def main() -> None:
         f"head={'/'.join(map(str, args.head))} batch={args.batch} images={len(images)}"
     )
     print(f"matrix product: {peak / 1e9:,.0f} GFLOP/s; one image-step: {flops / 1e9:.2f} GFLOP")
-    print("| loop | images/s | model FLOP utilisation | ratio to the peer | first epoch |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| loop | images/s | model FLOP utilisation | ratio to the peer | first epoch | memory |")
+    print("| --- | --- | --- | --- | --- | --- |")
     modes = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
     rows = [
         (f"sparsam, {'compiled' if compile else 'eager'}", *sparsam_rate(params, images, compile))
@@ -196,11 +205,12 @@ def main() -> None:
     peer = None
     if device.type == "cpu" and args.lightly.exists() and args.data == "digits":
         peer = peer_rate(args.lightly, args, params)
-        rows.append(("lightly loop", peer, float("nan")))
-    for label, rate, first in rows:
+        rows.append(("lightly loop", peer, float("nan"), ""))
+    for label, rate, first, memory in rows:
         ratio = f"{rate / peer:.2f}" if peer else ""
         first_epoch = f"{first:.1f} s" if first == first else ""
-        print(f"| {label} | {rate:,.0f} | {rate * flops / peak:.0%} | {ratio} | {first_epoch} |")
+        utilisation = f"{rate * flops / peak:.0%}"
+        print(f"| {label} | {rate:,.0f} | {utilisation} | {ratio} | {first_epoch} | {memory} |")
 
 
 if __name__ == "__main__":

@@ -91,19 +91,27 @@ class ImageSource:
         if not -n_images <= index < n_images:
             raise IndexError(f"image index {index} is out of range for {n_images} images")
         index %= n_images
-        return _decode(self._images[index], index)
+        return _decode(self._images[index], index).contiguous()
+
+    @property
+    def reads_files(self) -> bool:
+        """True when some images are file paths, decoded only when indexed."""
+        if isinstance(self._images, np.ndarray):
+            return False
+        return any(isinstance(item, str | os.PathLike) for item in self._images)
 
     def batch(self, indices: list[int]) -> torch.Tensor | list[torch.Tensor]:
         """Decode the images ``indices``: the ``(3, H, W)`` tensors of ``source[i]``.
 
         A stacked array gives one ``(b, 3, H, W)`` tensor decoded in one vectorised pass (a
         channels-last view of the array's copy; uint16 images one by one, each by its own bit
-        depth), a list gives a list of tensors. Either way ``batch(indices)[j]`` equals
-        ``source[indices[j]]``.
+        depth), a list gives a list of ``(3, H, W)`` channels-last views of each image's
+        decoded ``(H, W, 3)`` pixels, which `resize_images` stacks without a transposing
+        copy per image. Either way ``batch(indices)[j]`` equals ``source[indices[j]]``.
         """
         if isinstance(self._images, np.ndarray):
             return _stacked_batch(self._images, indices)
-        return [self[index] for index in indices]
+        return [_decode(self._images[index], index) for index in indices]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_images={len(self)})"
@@ -282,8 +290,10 @@ def iter_batches(
     batch_size : int
         Number of images per batch; the last batch may be smaller.
     num_workers : int, default=0
-        Number of worker processes; 0 decodes in the calling process. Each worker prepares
-        two batches ahead.
+        Number of worker processes that decode files; 0 decodes in the calling process. Each
+        worker prepares two batches ahead. Sources without file paths (arrays, PIL images)
+        are always converted in the calling process: there is no decoding to spread, and
+        workers would cost their start-up and the transfer of every batch.
     pin_memory : bool, default=False
         Return batches in page-locked memory, for fast asynchronous copies to a GPU.
 
@@ -310,7 +320,7 @@ def iter_batches(
         ResizedImages(source, int(image_size)),
         batch_size=int(batch_size),
         shuffle=False,
-        num_workers=int(num_workers),
+        num_workers=int(num_workers) if source.reads_files else 0,
         collate_fn=batch_as_is,
         pin_memory=pin_memory,
         persistent_workers=False,
@@ -404,7 +414,7 @@ def resize_images(images: torch.Tensor | list[torch.Tensor], image_size: int) ->
     Parameters
     ----------
     images : Tensor of shape (b, 3, H, W) or list of Tensor of shape (3, H, W)
-        uint8 images, as `ImageSource.batch` returns them.
+        uint8 images in any memory layout, as `ImageSource.batch` returns them.
     image_size : int
         Side of the square output.
 
@@ -426,7 +436,9 @@ def resize_images(images: torch.Tensor | list[torch.Tensor], image_size: int) ->
         groups, start = [], 0
         for end in range(1, len(images) + 1):
             if end == len(images) or images[end].shape != images[start].shape:
-                groups.append(torch.stack(images[start:end]))
+                # Stacked as (b, H, W, 3): one plain copy per channels-last image.
+                pixels = [image.permute(1, 2, 0) for image in images[start:end]]
+                groups.append(torch.stack(pixels).permute(0, 3, 1, 2))
                 start = end
     size = (image_size, image_size)
     resized = []
@@ -558,6 +570,7 @@ def _uint16_bit_depth(maximum: int) -> int:
 
 
 def _decode(item: Any, index: int) -> torch.Tensor:
+    """Image ``index`` as uint8 ``(3, H, W)``: a view of its ``(H, W, 3)`` pixels."""
     if isinstance(item, np.ndarray):
         return _array_to_tensor(item)
     if isinstance(item, Image.Image):
@@ -574,7 +587,8 @@ def _decode(item: Any, index: int) -> torch.Tensor:
 
 
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
-    """Convert a validated ``(H, W)`` or ``(H, W, C)`` array to uint8 ``(3, H, W)``.
+    """Convert a validated ``(H, W)`` or ``(H, W, C)`` array to uint8 ``(3, H, W)``, a
+    channels-last view of ``(H, W, 3)`` pixels (which may be ``array`` itself).
 
     uint16 pixels are scaled by the bit depth of this image's own maximum (alpha excluded).
     """
@@ -588,8 +602,13 @@ def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
         maximum = 2 ** _uint16_bit_depth(int(array.max())) - 1
         # Integer arithmetic rounds exactly; the odd divisor never leaves a tie.
         array = ((array.astype(np.uint32) * 255 + maximum // 2) // maximum).astype(np.uint8)
-    array = np.broadcast_to(array, (*array.shape[:2], 3))
-    return torch.from_numpy(np.array(array.transpose(2, 0, 1), dtype=np.uint8, order="C"))
+    if array.shape[2] == 1:
+        array = np.broadcast_to(array, (*array.shape[:2], 3))
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        # A copy: of a grey image's repeated channel, an alpha-less view, or read-only data
+        # (torch warns about read-only memory).
+        array = np.array(array, order="C")
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def _stacked_batch(X: np.ndarray, indices: list[int]) -> torch.Tensor:
@@ -600,7 +619,7 @@ def _stacked_batch(X: np.ndarray, indices: list[int]) -> torch.Tensor:
     """
     block = X[np.asarray(indices, dtype=np.intp)]
     if block.dtype.kind == "u" and block.dtype.itemsize == 2:
-        return torch.stack([_array_to_tensor(image) for image in block])
+        return torch.stack([_array_to_tensor(image).contiguous() for image in block])
     if block.ndim == 3:
         block = block[..., None]
     block = block[..., :3]
@@ -634,7 +653,8 @@ def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
         if mode == "P":
             # Palette transparency must go through RGBA; PIL warns on a direct RGB conversion.
             image = image.convert("RGBA")
-        return np.asarray(image.convert("RGB"))
+        # An RGB or grey image is read as it is (convert would copy it first).
+        return np.asarray(image if image.mode in ("RGB", "L") else image.convert("RGB"))
     except ValueError as error:
         raise ValueError(
             f"{where} has PIL mode {mode!r}, which could not be converted to RGB: {error}"
