@@ -15,6 +15,7 @@ resumed weights differ from the uninterrupted ones by more than ``--tolerance``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -53,7 +54,7 @@ def pretrain_command(args: argparse.Namespace, archive: Path, out: Path) -> list
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--out-dim", "1024", "--in-memory", "no", "--num-workers", str(args.num_workers),
         "--checkpoint-every", str(args.checkpoint_every), "--device", args.device,
-        "--precision", args.precision, "--seed", "0", "--quiet",
+        "--precision", args.precision, "--compile", args.compile, "--seed", "0", "--quiet",
     ]  # fmt: skip
 
 
@@ -74,9 +75,28 @@ def killed_mid_epoch(command: list[str], checkpoint: Path, log: Path) -> float:
             if process.poll() is not None:
                 raise SystemExit(f"the run ended (code {process.returncode}) before {checkpoint}")
             time.sleep(0.001)
-        os.killpg(process.pid, signal.SIGKILL)
+        # torchrun's workers may run in sessions of their own: kill every descendant.
+        for pid in [process.pid, *descendants(process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         process.wait()
     return time.perf_counter() - started
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids of all descendants of ``pid`` (Linux: read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 def max_difference(first: Path, second: Path) -> tuple[float, int, int]:
@@ -97,6 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("resume-check"))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", default="auto", choices=("auto", "yes", "no"))
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--backbone", default="xcit_small_12_p8_224")
     parser.add_argument("--backbone-kwargs", default=json.dumps({"depth": 2}))
@@ -138,7 +159,8 @@ def main() -> None:
         f"device={device} torch={torch.__version__} processes={args.nproc} "
         f"backbone={args.backbone} {args.backbone_kwargs} image_size={args.image_size} "
         f"images={args.images} batch={args.batch_size} epochs={args.epochs} "
-        f"steps_per_epoch={steps_per_epoch} precision={args.precision} streamed, "
+        f"steps_per_epoch={steps_per_epoch} precision={args.precision} "
+        f"compile={args.compile} streamed, "
         f"num_workers={args.num_workers}"
     )
     print(f"uninterrupted run: {whole_seconds:.1f} s; killed after {killed_after:.1f} s")

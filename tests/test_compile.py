@@ -18,6 +18,7 @@ from sparsam.training import compilation
 from sparsam.training.compilation import (
     CompileFallbackWarning,
     RegionalCompilation,
+    compiled_regions,
     repeated_blocks,
     resolve_compile,
 )
@@ -69,6 +70,51 @@ def test_repeated_blocks_are_vits_blocks_and_both_stacks_of_xcit():
     assert repeated_blocks(vit) == list(vit.blocks)
     xcit = timm.create_model("xcit_nano_12_p8_224", depth=2, img_size=16)
     assert repeated_blocks(xcit) == [*xcit.blocks, *xcit.cls_attn_blocks]
+
+
+def test_the_compiled_regions_are_the_parts_of_each_block_that_compute():
+    xcit = timm.create_model("xcit_nano_12_p8_224", depth=2, img_size=16, drop_path_rate=0.1)
+    expected = [
+        part for block in xcit.blocks for part in (block.attn, block.local_mp, block.mlp)
+    ] + [part for block in xcit.cls_attn_blocks for part in (block.attn, block.mlp)]
+    assert compiled_regions(xcit) == expected
+
+
+@pytest.mark.parametrize("architecture", ["vit_tiny_patch16_224", "xcit_small_12_p8_224"])
+def test_compiling_costs_the_same_number_of_graphs_however_deep_the_model(
+    architecture, tiny_images, aot_eager
+):
+    # timm gives every block its own drop-path rate: compiled whole, each block would be a
+    # graph of its own (and past dynamo's 8 recompiles, silently eager).
+    from torch._dynamo.utils import counters
+
+    graphs = []
+    for depth in (2, 4):
+        torch._dynamo.reset()
+        counters.clear()
+        kwargs = {"embed_dim": 32, "num_heads": 2, "depth": depth}
+        if architecture.startswith("vit"):
+            kwargs["patch_size"] = 4
+        params = {
+            "backbone": architecture,
+            "backbone_kwargs": kwargs,
+            "image_size": 16,
+            "local_crop_size": 8,
+            "local_crops": 2,
+            "batch_size": 16,
+            "epochs": 1,
+            "out_dim": 64,
+            "head_hidden_dim": 32,
+            "head_bottleneck_dim": 16,
+            "drop_path_rate": 0.2,
+            "random_state": 0,
+            "verbose": 0,
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            DinoFeaturizer(**params, compile=True).fit(tiny_images)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] == graphs[1] > 0
 
 
 def test_compiling_leaves_parameter_names_unchanged_and_is_undone_on_exit():

@@ -30,7 +30,7 @@ from .._checkpoints import (
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
-from ..training.compilation import RegionalCompilation, forward_restorer, repeated_blocks
+from ..training.compilation import RegionalCompilation, compiled_regions, forward_restorer
 from ..training.statistics import StepStatistics
 from .augment import MultiCropAugmentation, normalize
 from .distributed import (
@@ -537,8 +537,8 @@ class DinoTrainer:
     def _compiled_modules(self) -> list[nn.Module]:
         """What ``compile`` compiles: the blocks of both backbones and both heads."""
         return [
-            *repeated_blocks(self.student.backbone),
-            *repeated_blocks(self.teacher.backbone),
+            *compiled_regions(self.student.backbone),
+            *compiled_regions(self.teacher.backbone),
             self.student.head,
             self.teacher.head,
         ]

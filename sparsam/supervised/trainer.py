@@ -33,7 +33,7 @@ from ..dino.augment import MultiCropAugmentation, normalize
 from ..dino.distributed import is_main_process
 from ..dino.schedules import cosine_schedule
 from ..dino.trainer import CUDA_CHECK_EVERY, weight_decay_groups
-from ..training.compilation import RegionalCompilation, forward_restorer, repeated_blocks
+from ..training.compilation import RegionalCompilation, compiled_regions, forward_restorer
 from ..training.statistics import StepStatistics
 from ..training.transfer import on_device
 
@@ -235,7 +235,7 @@ class FineTuneTrainer:
         )
         images.to(self.device)
         cuda_devices = [self.device] if self.device.type == "cuda" else []
-        compiled = [*repeated_blocks(self.model.backbone), self.model.head]
+        compiled = [*compiled_regions(self.model.backbone), self.model.head]
         with (
             torch.random.fork_rng(devices=cuda_devices),
             interruptible(

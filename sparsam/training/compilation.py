@@ -1,11 +1,14 @@
-"""``torch.compile`` for the training loops: each repeated block, with a fallback to eager.
+"""``torch.compile`` for the training loops: the heavy parts of each block, with a fallback.
 
-A vision transformer is a stack of identical blocks. Compiling each block in place
-(``nn.Module.compile``) rather than the whole model makes one compiled graph serve every block
-of a class, so compiling costs about one block's worth of time however deep the model is
-(PyTorch's "regional compilation"), parameter names stay as they are (checkpoints and saved
-backbones do not change), and a model that dynamo cannot trace whole (timm's XCiT passes the
-patch grid between its blocks) still compiles block by block.
+A vision transformer is a stack of identical blocks. Compiling their parts in place
+(``nn.Module.compile``) rather than the whole model makes one compiled graph serve the same
+part of every block, so compiling costs about one block's worth of time however deep the model
+is (PyTorch's "regional compilation"), and parameter names stay as they are (checkpoints and
+saved backbones do not change). The parts are a block's attention, MLP and (XCiT) local patch
+interaction, not the block itself: timm gives every block its own stochastic-depth rate, a
+float that dynamo would compile into each block's graph, one graph per block; the residual
+additions and drop-path masks around the parts stay eager (they are a small share of a step,
+and the masks then are the eager run's draws).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 __all__ = [
     "CompileFallbackWarning",
     "RegionalCompilation",
+    "compiled_regions",
     "forward_restorer",
     "repeated_blocks",
     "resolve_compile",
@@ -82,13 +86,46 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def compiled_regions(model: nn.Module) -> list[nn.Module]:
+    """What to compile of ``model``: the parts of its `repeated_blocks` that compute.
+
+    A part is a child of a block that holds a linear or convolution layer and no
+    stochastic depth (timm's ``DropPath``, recognised by its float ``drop_prob``); a child
+    with stochastic depth inside is searched in turn. Norms, layer scales, identities and the
+    drop-path layers themselves stay uncompiled.
+
+    Examples
+    --------
+    >>> import timm
+    >>> vit = timm.create_model("vit_tiny_patch16_224", depth=2, drop_path_rate=0.1)
+    >>> [type(part).__name__ for part in compiled_regions(vit)]
+    ['Attention', 'Mlp', 'Attention', 'Mlp']
+    """
+    return [part for block in repeated_blocks(model) for part in _computing_parts(block)]
+
+
+def _computing_parts(module: nn.Module) -> list[nn.Module]:
+    parts = []
+    for child in module.children():
+        if not any(isinstance(layer, _COMPUTING_LAYERS) for layer in child.modules()):
+            continue
+        if any(isinstance(getattr(layer, "drop_prob", None), float) for layer in child.modules()):
+            parts.extend(_computing_parts(child))
+        else:
+            parts.append(child)
+    return parts
+
+
+_COMPUTING_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 class RegionalCompilation:
     """Compiles modules in place for the duration of a ``with`` block; eager again after it.
 
     Parameters
     ----------
     modules : iterable of nn.Module
-        What to compile, each on its own (usually `repeated_blocks` plus a head).
+        What to compile, each on its own (usually `compiled_regions` plus a head).
     enabled : bool
         False makes every method a no-op, so that the caller needs no second code path.
 
