@@ -56,19 +56,26 @@ def decode_microseconds(paths: list[str], count: int = 200) -> float:
     return (time.perf_counter() - started) / min(count, len(paths)) * 1e6
 
 
-def images_per_second(work, n: int, device: torch.device, repeats: int) -> float:
-    """Best of ``repeats`` timings of ``work()`` (after one warm-up), as images per second."""
-    work()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
+def best_rates(rows: list, device: torch.device, rounds: int) -> list[float]:
+    """Images per second of every row's ``work()``, the best of ``rounds`` interleaved rounds.
+
+    Each round times every row once, in turn (after one warm-up of each), so that a machine
+    whose speed drifts (shared or throttled cores) slows all rows alike rather than the ones
+    measured last.
+    """
+    for _, _, work, _ in rows:
         work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return n / best
+    best = [float("inf")] * len(rows)
+    for _ in range(rounds):
+        for index, (_, _, work, _) in enumerate(rows):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            work()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best[index] = min(best[index], time.perf_counter() - started)
+    return [n / seconds for (_, n, _, _), seconds in zip(rows, best, strict=True)]
 
 
 def main() -> None:
@@ -82,7 +89,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -130,11 +137,8 @@ def main() -> None:
         )
         print("| input | images/s | ratio to bare forward | decode of one file |")
         print("| --- | --- | --- | --- |")
-        rates = [images_per_second(work, n, device, args.repeats) for _, n, work, _ in rows]
-        # The limit measured again after the others, the best of both: a machine whose speed
-        # drifts would otherwise flatter or blame the inputs measured later.
-        bare = max(rates[0], images_per_second(bare_forward, n_bare, device, args.repeats))
-        rates[0] = bare
+        rates = best_rates(rows, device, args.repeats)
+        bare = rates[0]
         for (label, _, _, decode), rate in zip(rows, rates, strict=True):
             cost = f"{decode:.0f} µs" if decode is not None else ""
             print(f"| {label} | {rate:,.0f} | {rate / bare:.2f} | {cost} |")

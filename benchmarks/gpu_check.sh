@@ -49,12 +49,12 @@ paper=(--device cuda --patch 8 --img 224 --local-size 96 --local-crops 5 --head 
        --data synthetic --batch 64 --epochs 3)
 step speed_xcit python3 benchmarks/speed.py "${paper[@]}" --arch xcit_small_12_p8_224 --n 512
 step resume python3 benchmarks/resume_check.py --device cuda --out /tmp/resume-check --images 512 \
-  --checkpoint-every 5 --repeat
+  --checkpoint-every 5 --compile yes --repeat
 tail -n 4 /tmp/resume-check/*.log >>"$out/resume.txt" 2>/dev/null
 step variants python3 benchmarks/variants_on_digits.py --device cuda --epochs 20 fp32-eager bf16-eager
 step embed_xcit python3 benchmarks/embed_speed.py --device cuda --backbone xcit_small_12_p8_224 \
   --backbone-kwargs '{}' --image-size 224 --source-size 256 --n 2048 --batch 256 --workers 14 \
-  --repeats 1
+  --repeats 2
 step speed_vit python3 benchmarks/speed.py "${paper[@]}" --arch vit_small_patch16_224 --patch 16 \
   --n 512
 step lightly_vit python3 "$peer/gpu_dino_speed.py" lightly vit_small_patch16_224 --batch 64 \

@@ -166,12 +166,14 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         autocast ran 1.5-2.4x slower than fp32 even on a CPU with AMX and AVX512-BF16;
         ``benchmarks/RESULTS.md``). "bf16" forces autocast anywhere.
     compile : bool or "auto", default="auto"
-        Compile the training forward (each transformer block and the head, student and
-        teacher) with ``torch.compile``. "auto" compiles on CUDA, where it is faster
-        (``benchmarks/RESULTS.md``), and not on the CPU, where compiling takes longer than
-        it saves in a run of minutes. The compiled run draws the same random numbers and
-        follows the same loss curve as the eager one up to float rounding; if compiling
-        fails, training continues uncompiled with a ``CompileFallbackWarning``.
+        Compile the training forward with ``torch.compile`` (the attention, MLP and XCiT
+        patch-interaction parts of every block and the head, student and teacher; one
+        compiled graph serves all blocks). "auto" compiles only where it was measured to
+        pay, so far nowhere: on 2 CPU cores a step ran 1.01x as fast after 26 s of
+        compiling, and the GPU measurement is pending (``benchmarks/RESULTS.md``). The
+        compiled run draws the same random numbers and follows the eager run's loss curve up
+        to float rounding; if compiling fails, training continues uncompiled with one
+        ``CompileFallbackWarning``.
     num_workers : int, default=0
         DataLoader worker processes that decode and resize image files (in ``fit`` and
         ``transform``), so that decoding overlaps training on the GPU. 0 decodes in this

@@ -145,6 +145,24 @@ def test_registry_names_the_papers_three_backbones():
 # ---------------------------------------------------------------------------- saving
 
 
+def test_saving_works_with_timms_before_1_0_30_which_open_the_config_path(
+    backbone, tmp_path, monkeypatch
+):
+    # timm 1.0.29 (a GPU machine's) did `config_path.open("w")`: a str path failed there.
+    import timm.models._hub as hub
+
+    original = hub.save_config_for_hf
+
+    def old_timm_save_config(model, config_path, **kwargs):
+        with config_path.open("w") as file:
+            file.write("{}")
+        return original(model, config_path, **kwargs)
+
+    monkeypatch.setattr(hub, "save_config_for_hf", old_timm_save_config)
+    saved = save_backbone(backbone, tmp_path / "saved")
+    assert json.loads((saved / "config.json").read_text())["architecture"]
+
+
 def test_saved_config_is_timm_hub_format_with_rebuild_arguments_and_preprocessing(saved):
     config = json.loads((saved / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224"

@@ -58,9 +58,11 @@ def assert_same_weights(first, second):
         assert torch.equal(first[name], second[name]), name
 
 
-def test_auto_compiles_on_cuda_and_not_on_the_cpu():
-    assert resolve_compile("auto", torch.device("cuda")) is True
+def test_auto_compiles_only_on_the_devices_where_it_was_measured_to_pay(monkeypatch):
     assert resolve_compile("auto", torch.device("cpu")) is False
+    assert resolve_compile("auto", torch.device("cuda")) is False
+    monkeypatch.setattr(compilation, "AUTO_COMPILE_DEVICES", frozenset({"cuda"}))
+    assert resolve_compile("auto", torch.device("cuda")) is True
     assert resolve_compile(True, torch.device("cpu")) is True
     assert resolve_compile(False, torch.device("cuda")) is False
 
@@ -82,7 +84,7 @@ def test_the_compiled_regions_are_the_parts_of_each_block_that_compute():
 
 @pytest.mark.parametrize("architecture", ["vit_tiny_patch16_224", "xcit_small_12_p8_224"])
 def test_compiling_costs_the_same_number_of_graphs_however_deep_the_model(
-    architecture, tiny_images, aot_eager
+    architecture, tiny_params, tiny_images, aot_eager
 ):
     # timm gives every block its own drop-path rate: compiled whole, each block would be a
     # graph of its own (and past dynamo's 8 recompiles, silently eager).
@@ -92,27 +94,13 @@ def test_compiling_costs_the_same_number_of_graphs_however_deep_the_model(
     for depth in (2, 4):
         torch._dynamo.reset()
         counters.clear()
-        kwargs = {"embed_dim": 32, "num_heads": 2, "depth": depth}
-        if architecture.startswith("vit"):
-            kwargs["patch_size"] = 4
-        params = {
-            "backbone": architecture,
-            "backbone_kwargs": kwargs,
-            "image_size": 16,
-            "local_crop_size": 8,
-            "local_crops": 2,
-            "batch_size": 16,
-            "epochs": 1,
-            "out_dim": 64,
-            "head_hidden_dim": 32,
-            "head_bottleneck_dim": 16,
-            "drop_path_rate": 0.2,
-            "random_state": 0,
-            "verbose": 0,
-        }
+        kwargs = {**tiny_params["backbone_kwargs"], "depth": depth}
+        if architecture.startswith("xcit"):
+            del kwargs["patch_size"]
+        params = {**tiny_params, "backbone": architecture, "backbone_kwargs": kwargs}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            DinoFeaturizer(**params, compile=True).fit(tiny_images)
+            DinoFeaturizer(**params, drop_path_rate=0.2, compile=True).fit(tiny_images)
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] == graphs[1] > 0
 

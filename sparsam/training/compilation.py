@@ -47,14 +47,20 @@ class CompileFallbackWarning(UserWarning):
 def resolve_compile(compile: bool | str, device: torch.device) -> bool:
     """Whether ``compile`` (True, False or "auto") compiles on ``device``.
 
-    "auto" compiles on CUDA, where the compiled blocks fuse the many small element-wise
-    kernels of a transformer block (``benchmarks/RESULTS.md`` has the H200 numbers), and not
-    on the CPU: there a tiny ViT's step ran 1.5 times faster compiled, but compiling took
-    50 s on 2 cores, longer than the runs the CPU presets make gain back.
+    "auto" compiles where compiling was measured to pay: nowhere yet. On 2 CPU cores (AMD
+    EPYC) a compiled DINO step of vit_tiny at 64 tokens ran 1.01 times as fast as an eager
+    one, after 26 s of compiling: it does not pay there (``benchmarks/RESULTS.md``);
+    on a GPU, where the fused kernels should gain more, the side-by-side measurement of
+    ``benchmarks/gpu_check.sh`` has not run yet, and "auto" turns on for CUDA once it shows
+    a gain. True compiles on any device.
     """
     if compile == "auto":
-        return device.type == "cuda"
+        return device.type in AUTO_COMPILE_DEVICES
     return bool(compile)
+
+
+# Device types on which compile="auto" compiles: those where it was measured to pay.
+AUTO_COMPILE_DEVICES: frozenset[str] = frozenset()
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
