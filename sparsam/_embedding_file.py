@@ -67,7 +67,7 @@ def write_embeddings(
     Returns
     -------
     shape : tuple of int
-        ``(len(images), featurizer.n_features_out_)``.
+        ``(len(images), width)``, the width of the featurizer's current read-out.
 
     Raises
     ------
@@ -76,7 +76,7 @@ def write_embeddings(
         on another rank with a ``ValueError`` or ``OSError``, such as an unreadable image.
     """
     _check_same_images_on_every_rank(names)
-    shape = (len(images), int(featurizer.n_features_out_))
+    shape = (len(images), len(featurizer.get_feature_names_out()))
     temporary = distributed.on_main_process(lambda: _create_file_beside(out, shape))
     try:
         embeddings = _on_every_rank(lambda: open_memmap(temporary, mode="r+"), temporary)

@@ -653,11 +653,13 @@ def run_embed(
     device: str | None = None,
     precision: str | None = None,
     num_workers: int | None = None,
+    pooling: str | None = None,
+    n_last_blocks: int | None = None,
     chunk_size: int = 4096,
     overwrite: bool = False,
     verbose: int = 1,
 ) -> Path:
-    """CLS embeddings of the images of ``data``, written chunk by chunk to a ``.npy`` file.
+    """Embeddings of the images of ``data``, written chunk by chunk to a ``.npy`` file.
 
     The embeddings go into a memory-mapped ``.npy`` file beside ``out``, ``chunk_size``
     images at a time, so the embeddings of millions of images need no memory; it is renamed
@@ -690,6 +692,9 @@ def run_embed(
     image_size, batch_size, num_workers : int, optional
         Featurizer settings; its defaults (or the saved featurizer's) when omitted.
         ``image_size`` cannot change a saved featurizer.
+    pooling, n_last_blocks : str and int, optional
+        The read-out (``DinoFeaturizer``'s parameters of these names); the featurizer's
+        (the last block's CLS token by default) when omitted.
     device, precision : str, optional
         Featurizer device and precision (``"auto"``, ``"fp32"``, ``"bf16"``). Under torchrun
         each process takes the GPU of its ``LOCAL_RANK``, or the CPU with ``"cpu"`` or
@@ -740,6 +745,8 @@ def run_embed(
                 "device": device,
                 "precision": precision,
                 "num_workers": num_workers,
+                "pooling": pooling,
+                "n_last_blocks": n_last_blocks,
             },
             verbose=verbose,
         )
@@ -974,6 +981,17 @@ def _add_embed_parser(commands: Any) -> None:
     embed.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     embed.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
     embed.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers")
+    embed.add_argument(
+        "--pooling",
+        choices=["cls", "mean", "cls+mean"],
+        help="tokens per block: class token, mean of the patch tokens, or both (default: cls)",
+    )
+    embed.add_argument(
+        "--n-last-blocks",
+        type=int,
+        metavar="N",
+        help="read the last N blocks, concatenated (default: 1; DINO evaluates ViT-S with 4)",
+    )
     embed.add_argument(
         "--chunk-size",
         type=int,
@@ -1261,6 +1279,8 @@ def _run_command(args: argparse.Namespace) -> None:
             device=args.device,
             precision=args.precision,
             num_workers=args.num_workers,
+            pooling=args.pooling,
+            n_last_blocks=args.n_last_blocks,
             chunk_size=args.chunk_size,
             overwrite=args.overwrite,
             verbose=0 if args.quiet else 1,

@@ -45,6 +45,7 @@ from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
 from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
+from .readout import POOLINGS, ReadOut
 from .training.compilation import resolve_compile
 
 __all__ = ["DinoFeaturizer"]
@@ -158,6 +159,16 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         images per batch.
     drop_path_rate : float, default=0.1
         Stochastic depth of the student; the teacher runs without it, as in DINO.
+    pooling : {"cls", "mean", "cls+mean"}, default="cls"
+        What ``transform`` reads from a block's tokens: the class token (timm's own
+        output), the mean of the patch tokens, or both (`sparsam.readout.ReadOut`).
+    n_last_blocks : int, default=1
+        From how many of the last blocks, concatenated earliest first, each through the
+        backbone's final norm (DINO's evaluation read-out: 4 blocks for ViT-S). For XCiT the
+        blocks are its class-attention blocks (2 in the paper's XCiT-S12/8). The width is
+        ``n_last_blocks`` x parts x the backbone's embedding width. Read by ``transform``
+        only: ``set_params`` changes the read-out of a fitted featurizer without training
+        it again.
     device : str, default="auto"
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", … ``fit`` refuses a device
         torch does not know or this machine lacks.
@@ -237,7 +248,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         The teacher backbone, in eval mode. Its BatchNorm statistics (XCiT) are running
         averages over the teacher's training batches, as in DINO.
     n_features_out_ : int
-        Width of the embeddings.
+        Width of the embeddings with the read-out (``pooling``, ``n_last_blocks``) at the
+        end of ``fit``; ``get_feature_names_out`` follows the current read-out.
     history_ : dict of list
         Per-epoch ``loss``, ``teacher_entropy``, ``teacher_mean_entropy``, ``kl``, ``lr``,
         ``weight_decay``, ``teacher_momentum``, ``teacher_temperature``, ``seconds``,
@@ -298,6 +310,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "out_dim": [Interval(Integral, 1, None, closed="left")],
         "head_hidden_dim": [Interval(Integral, 1, None, closed="left")],
         "head_bottleneck_dim": [Interval(Integral, 1, None, closed="left")],
+        "pooling": [StrOptions(set(POOLINGS))],
+        "n_last_blocks": [Interval(Integral, 1, None, closed="left")],
         "head_layers": [Interval(Integral, 1, None, closed="left")],
         "student_temperature": [Interval(Real, 0, None, closed="neither")],
         "teacher_temperature": [Interval(Real, 0, None, closed="neither")],
@@ -359,6 +373,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         head_warmup_epochs: int | str = "auto",
         koleo_weight: float = 0.1,
         drop_path_rate: float = 0.1,
+        pooling: str = "cls",
+        n_last_blocks: int = 1,
         device: str | torch.device = "auto",
         precision: str = "auto",
         compile: bool | str = "auto",
@@ -411,6 +427,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.head_warmup_epochs = head_warmup_epochs
         self.koleo_weight = koleo_weight
         self.drop_path_rate = drop_path_rate
+        self.pooling = pooling
+        self.n_last_blocks = n_last_blocks
         self.device = device
         self.precision = precision
         self.compile = compile
@@ -459,6 +477,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             )
         self.data_config_ = backbone_data_config(backbone, self.image_size)
         self._validate_sizes(backbone)
+        # Before training: a read-out the backbone cannot give fails now, not after hours.
+        width = self._readout(backbone).width
         self.history_: dict[str, list[float]] = {}
         if self.epochs == 0:
             if self.pretrained is None:
@@ -503,12 +523,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             teacher = trainer.teacher.backbone
             self.initial_rankme_ = trainer.initial_rankme
         self.backbone_ = teacher.eval().requires_grad_(False)
-        self.n_features_out_ = int(self.backbone_.num_features)
+        self.n_features_out_ = width
         self.weights_digest_ = weights_digest(self.backbone_, self.data_config_)
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """CLS embeddings of the teacher backbone.
+        """Embeddings of the teacher backbone: its CLS tokens and/or mean patch tokens.
 
         Parameters
         ----------
@@ -517,9 +537,10 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
         Returns
         -------
-        embeddings : ndarray of shape (n, n_features_out_), float32
-            With ``memory`` set, images embedded before are read from the cache and the
-            others are embedded and stored.
+        embeddings : ndarray of shape (n, width), float32
+            ``width`` is ``n_features_out_`` unless ``pooling`` or ``n_last_blocks`` changed
+            since ``fit``. With ``memory`` set, images embedded before (with the same
+            read-out) are read from the cache and the others are embedded and stored.
 
         Notes
         -----
@@ -548,16 +569,20 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             return self._embed(source)
         device = self._resolve_device()
         namespace = cache_namespace(
-            self._weights_digest(), device.type, resolve_precision(self.precision, device)
+            self._weights_digest(),
+            device.type,
+            resolve_precision(self.precision, device),
+            readout=f"{self.pooling}/{self.n_last_blocks}",
         )
         store = EmbeddingStore(location, namespace)
         rows: dict[str, list[int]] = {}
         for index, key in enumerate(image_keys(source)):
             rows.setdefault(key, []).append(index)
-        embeddings = np.empty((len(source), self.n_features_out_), dtype=np.float32)
+        width = self._n_features_out
+        embeddings = np.empty((len(source), width), dtype=np.float32)
         missing = []
         for key, indices in rows.items():
-            cached = store.load(key, self.n_features_out_)
+            cached = store.load(key, width)
             if cached is None:
                 missing.append(key)
             else:
@@ -570,11 +595,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return embeddings
 
     def _embed(self, source: ImageSource) -> np.ndarray:
+        readout = self._readout(self.backbone_)
         return batched_outputs(
-            self.backbone_,
+            readout,
             source,
             self.data_config_,
-            self.n_features_out_,
+            readout.width,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             device=self._resolve_device(),
@@ -585,7 +611,34 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     @property
     def _n_features_out(self) -> int:
-        return self.n_features_out_
+        return self._readout(self.backbone_).width
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the output columns.
+
+        ``dinofeaturizer0``, ``dinofeaturizer1``, … for the default read-out (the last
+        block's CLS token); otherwise ``dinofeaturizer_<blocks><i>_<part><j>``, which says
+        the block (its index in ``blocks``, or XCiT's ``clsattnblocks``), the part (``cls``
+        or ``mean``) and the column within it, e.g. ``dinofeaturizer_blocks11_mean0``.
+
+        Parameters
+        ----------
+        input_features : ignored
+            Images have no input feature names; accepted for scikit-learn's API.
+
+        Returns
+        -------
+        ndarray of str
+        """
+        check_is_fitted(self, "backbone_")
+        readout = self._readout(self.backbone_)
+        if readout.pooling == "cls" and readout.n_last_blocks == 1:
+            return super().get_feature_names_out(input_features)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}_{name}" for name in readout.feature_names()], dtype=object)
+
+    def _readout(self, backbone: torch.nn.Module) -> ReadOut:
+        return ReadOut(backbone, self.pooling, int(self.n_last_blocks))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

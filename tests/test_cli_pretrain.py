@@ -242,6 +242,21 @@ def test_embed_with_the_pretrain_directory_equals_its_featurizer(
     np.testing.assert_allclose(np.load(target), np.load(embedded), rtol=1e-5, atol=1e-6)
 
 
+def test_embed_reads_out_the_pooling_and_blocks_asked_for(pretrained, image_folder, tmp_path):
+    out, _ = pretrained
+    target = tmp_path / "read_out.npy"
+    arguments = ["embed", str(image_folder), "--backbone", str(out / "featurizer.joblib")]
+    options = ["--pooling", "cls+mean", "--n-last-blocks", "2", "--quiet"]
+    code, _, stderr = run([*arguments, "--out", str(target), *options])
+    assert code == 0, stderr
+    featurizer = joblib.load(out / "featurizer.joblib").set_params(
+        verbose=0, pooling="cls+mean", n_last_blocks=2
+    )
+    expected = featurizer.transform(resolve_images(image_folder))
+    assert expected.shape == (N_IMAGES, 2 * 2 * 32)
+    np.testing.assert_array_equal(np.load(target), expected)
+
+
 def test_embed_lists_the_inputs_in_row_order_beside_the_embeddings(embedded, image_folder):
     listed = embedded.with_suffix(".txt").read_text().splitlines()
     assert listed == [str(path) for path in resolve_images(image_folder)]

@@ -121,7 +121,12 @@ def weights_digest(module: torch.nn.Module, data_config: Mapping[str, Any]) -> s
     return hasher.hexdigest()
 
 
-def cache_namespace(weights: str, device_type: str, autocast_dtype: torch.dtype | None) -> str:
+def cache_namespace(
+    weights: str,
+    device_type: str,
+    autocast_dtype: torch.dtype | None,
+    readout: str = "cls/1",
+) -> str:
     """Digest of everything besides the image that decides an embedding's exact value.
 
     Parameters
@@ -132,13 +137,16 @@ def cache_namespace(weights: str, device_type: str, autocast_dtype: torch.dtype 
         ``"cpu"``, ``"cuda"``, …: kernels differ in their last bits between devices.
     autocast_dtype : torch.dtype or None
         The autocast precision of the forward pass; None for fp32.
+    readout : str, default="cls/1"
+        Which tokens of which blocks (``"<pooling>/<n_last_blocks>"``, see
+        `sparsam.readout.ReadOut`).
 
     Returns
     -------
     str
         64 hexadecimal digits.
     """
-    text = f"{_FORMAT_VERSION}\0{weights}\0{device_type}\0{autocast_dtype}"
+    text = f"{_FORMAT_VERSION}\0{weights}\0{device_type}\0{autocast_dtype}\0{readout}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
