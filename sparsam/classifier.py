@@ -35,7 +35,7 @@ from .data.cache import subset_source
 from .dino.augment import MultiCropAugmentation
 from .dino.trainer import resolve_precision
 from .featurizer import DinoFeaturizer
-from .model_selection import _check_class_labels, _labeled_mask
+from .model_selection import check_class_labels, labeled_mask
 from .supervised.trainer import FineTuneConfig, FineTuneTrainer
 from .training.compilation import resolve_compile
 
@@ -278,9 +278,9 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         validate_backbone_kwargs(self.backbone_kwargs)
         # The labels first: they are cheap to check, and a wrong target is the likelier mistake.
         y = column_or_1d(np.asarray(y), warn=True)
-        _check_class_labels(y)
+        check_class_labels(y)
         check_classification_targets(y)
-        labeled = np.flatnonzero(_labeled_mask(y))
+        labeled = np.flatnonzero(labeled_mask(y))
         if len(labeled) < len(y):
             warnings.warn(
                 f"{len(y) - len(labeled)} of {len(y)} images are labeled -1 (unlabeled) and are "

@@ -16,7 +16,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 from tqdm.auto import tqdm
 
 from ._estimator import (
@@ -30,7 +30,7 @@ from ._estimator import (
     validate_backbone_kwargs,
 )
 from .backbones import backbone_data_config
-from .data import ImageSource, as_image_source
+from .data import ImageSource, as_image_source, load_images
 from .data.cache import (
     EmbeddingStore,
     cache_location,
@@ -45,7 +45,9 @@ from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
 from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
+from .model_selection import check_class_labels, labeled_mask
 from .readout import POOLINGS, ReadOut
+from .selection import SnapshotScorer
 from .training.compilation import resolve_compile
 
 __all__ = ["DinoFeaturizer"]
@@ -441,7 +443,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.verbose = verbose
 
     def fit(self, X: Any, y: Any = None) -> DinoFeaturizer:
-        """Train the backbone with DINO on ``X``; labels are ignored.
+        """Train the backbone with DINO on ``X``; labels, if any, only choose the snapshot.
 
         Parameters
         ----------
@@ -451,8 +453,17 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             A torch tensor may also be channels first, ``(n, C, H, W)`` with C in 1, 3; a
             Series or one-column DataFrame (a ``ColumnTransformer``'s column) holds paths,
             arrays or PIL images. See ``sparsam.data.as_image_source``.
-        y : ignored
-            Accepted for pipelines; ``-1`` (unlabeled) entries are fine.
+        y : array-like of shape (n,) or None, default=None
+            Class labels of some images, ``-1`` for the unlabeled ones; the DINO loss never
+            sees them. With at least 2 classes of at least 2 labeled images each, the teacher
+            is scored on the labeled images as the starting weights and after every epoch
+            (`sparsam.selection.labeled_score`: cross-validated balanced accuracy of an SVC on
+            the features ``transform`` returns), and ``fit`` keeps the best-scoring snapshot
+            (ties to the later epoch; ``history_["selection_score"]``,
+            ``initial_selection_score_``, ``selected_epoch_``): the features are never worse,
+            by that score, than the starting weights. In a ``Pipeline``, ``fit(X, y)`` passes
+            the labels, and inside ``cross_validate`` or a grid search only the training
+            folds' labels reach it. ``None`` or all ``-1``: the labels change nothing.
 
         Returns
         -------
@@ -464,6 +475,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self._validate_backbone_kwargs()
         cache_location(self.memory)
         source = as_image_source(X)
+        labeled = self._labeled_images(source, y)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -490,42 +502,110 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 )
             teacher = backbone
             self.initial_rankme_ = math.nan
+            self.initial_selection_score_ = math.nan
+            self.selected_epoch_ = 0
         else:
-            # Built before decoding: an unwritable checkpoint_dir fails here, not hours later.
-            trainer = DinoTrainer(
-                backbone,
-                head,
-                self._augmentation(),
-                DinoLoss(self.out_dim, self.student_temperature, self.center_momentum),
-                self._training_config(),
-                device,
-                resolve_precision(self.precision, device),
-                self.checkpoint_dir,
-                self.checkpoint_every,
-                compile=resolve_compile(self.compile, device),
-            )
-            images = self._training_images(source, device)
-            generator = torch.Generator().manual_seed(seed)
-            with (
-                printed_log_lines(self.verbose),
-                tqdm(total=self.epochs, desc="DINO", unit="epoch", disable=not self.verbose) as bar,
-            ):
-
-                def progress(epoch: int, row: dict[str, float]) -> None:
-                    bar.n = epoch + 1
-                    bar.set_postfix(
-                        loss=f"{row['loss']:.3f}",
-                        entropy=f"{row['teacher_entropy']:.2f}",
-                        rankme=f"{row['rankme']:.1f}",
-                    )
-
-                self.history_ = trainer.fit(images, generator, progress)
-            teacher = trainer.teacher.backbone
-            self.initial_rankme_ = trainer.initial_rankme
+            teacher = self._train(backbone, head, source, labeled, device, seed)
         self.backbone_ = teacher.eval().requires_grad_(False)
         self.n_features_out_ = width
         self.weights_digest_ = weights_digest(self.backbone_, self.data_config_)
         return self
+
+    def _train(
+        self,
+        backbone: torch.nn.Module,
+        head: DinoHead,
+        source: ImageSource,
+        labeled: tuple[np.ndarray, np.ndarray] | None,
+        device: torch.device,
+        seed: int,
+    ) -> torch.nn.Module:
+        """DINO on ``source``; the teacher backbone (the best snapshot, given labels)."""
+        scorer = self._snapshot_scorer(source, labeled, device)
+        # Built before decoding: an unwritable checkpoint_dir fails here, not hours later.
+        trainer = DinoTrainer(
+            backbone,
+            head,
+            self._augmentation(),
+            DinoLoss(self.out_dim, self.student_temperature, self.center_momentum),
+            self._training_config(),
+            device,
+            resolve_precision(self.precision, device),
+            self.checkpoint_dir,
+            self.checkpoint_every,
+            compile=resolve_compile(self.compile, device),
+            select=scorer,
+            select_key=scorer.key if scorer is not None else "",
+        )
+        images = self._training_images(source, device)
+        generator = torch.Generator().manual_seed(seed)
+        with (
+            printed_log_lines(self.verbose),
+            tqdm(total=self.epochs, desc="DINO", unit="epoch", disable=not self.verbose) as bar,
+        ):
+
+            def progress(epoch: int, row: dict[str, float]) -> None:
+                bar.n = epoch + 1
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}",
+                    entropy=f"{row['teacher_entropy']:.2f}",
+                    rankme=f"{row['rankme']:.1f}",
+                )
+
+            self.history_ = trainer.fit(images, generator, progress)
+        self.initial_rankme_ = trainer.initial_rankme
+        self.initial_selection_score_ = trainer.initial_selection_score
+        self.selected_epoch_ = trainer.selected_epoch
+        return trainer.teacher.backbone
+
+    def _labeled_images(self, source: ImageSource, y: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """Indices and labels of the labeled images that can choose a snapshot, or None."""
+        if y is None:
+            return None
+        y = column_or_1d(y, warn=True)
+        if len(y) != len(source):
+            raise ValueError(
+                f"X and y have different lengths: X has {len(source)} images, y has {len(y)} "
+                "labels; expected one label per image (-1 for unlabeled ones)."
+            )
+        check_class_labels(y)
+        indices = np.flatnonzero(labeled_mask(y))
+        if len(indices) == 0:
+            return None
+        _, counts = np.unique(y[indices], return_counts=True)
+        if len(counts) < 2 or counts.min() < 2:
+            warnings.warn(
+                f"y labels {len(indices)} image(s) in {len(counts)} class(es), the smallest "
+                f"with {counts.min()}: choosing the DINO snapshot by the labels needs at least "
+                "2 classes of at least 2 labeled images each, so the last epoch is kept.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        return indices, y[indices]
+
+    def _snapshot_scorer(
+        self,
+        source: ImageSource,
+        labeled: tuple[np.ndarray, np.ndarray] | None,
+        device: torch.device,
+    ) -> SnapshotScorer | None:
+        if labeled is None:
+            return None
+        indices, labels = labeled
+        # Decoded once at the training size: every snapshot embeds the same pixels.
+        pixels = load_images(
+            subset_source(source, indices.tolist()), self.data_config_["image_size"]
+        )
+        return SnapshotScorer(
+            as_image_source(pixels),
+            labels,
+            self.data_config_,
+            {"pooling": self.pooling, "n_last_blocks": int(self.n_last_blocks)},
+            self.batch_size,
+            device,
+            self.precision,
+        )
 
     def transform(self, X: Any) -> np.ndarray:
         """Embeddings of the teacher backbone: its CLS tokens and/or mean patch tokens.

@@ -40,9 +40,11 @@ __all__ = [
     "FewShotCurveResult",
     "FewShotSplit",
     "LabeledOnly",
+    "check_class_labels",
     "few_shot_curve",
     "few_shot_scores",
     "format_few_shot_table",
+    "labeled_mask",
     "paper_classifiers",
     "rankme",
 ]
@@ -135,7 +137,7 @@ def _cell(scores: np.ndarray | None) -> str:
 _SMALL_CLASS_POLICIES = ("all_available", "raise")
 
 
-def _check_class_labels(y: np.ndarray) -> None:
+def check_class_labels(y: np.ndarray) -> None:
     """Refuse continuous targets, which would make every distinct value a class of its own."""
     if y.dtype.kind == "f":
         offending = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
@@ -159,7 +161,7 @@ def _check_class_labels(y: np.ndarray) -> None:
         )
 
 
-def _labeled_mask(y: np.ndarray) -> np.ndarray:
+def labeled_mask(y: np.ndarray) -> np.ndarray:
     """True where ``y`` is a label, False where it is -1 (unlabeled, the sklearn convention)."""
     if y.dtype.kind in "iufO":
         return np.asarray(y != -1, dtype=bool)
@@ -268,7 +270,7 @@ class FewShotSplit(BaseCrossValidator):
         if y is None:
             raise ValueError("FewShotSplit.split needs the class labels y; got y=None.")
         y = column_or_1d(np.asarray(y))
-        _check_class_labels(y)
+        check_class_labels(y)
         if X is not None and _num_samples(X) != len(y):
             raise ValueError(
                 f"X and y have different lengths: X has {_num_samples(X)} samples, "
@@ -309,7 +311,7 @@ class FewShotSplit(BaseCrossValidator):
             raise ValueError(f"test_size must be None, an int or a float; got {size!r}.")
 
     def _class_members(self, y: np.ndarray) -> dict[Any, np.ndarray]:
-        labeled = np.flatnonzero(_labeled_mask(y))
+        labeled = np.flatnonzero(labeled_mask(y))
         if len(labeled) == 0:
             raise ValueError("y has no labeled sample (every label is -1); expected some.")
         classes, inverse = np.unique(y[labeled], return_inverse=True)
@@ -605,13 +607,13 @@ def few_shot_curve(
         }
     _check_positive_int(n_repeats, "n_repeats")
     y = column_or_1d(np.asarray(y))
-    _check_class_labels(y)
+    check_class_labels(y)
     if _num_samples(X) != len(y):
         raise ValueError(
             f"X and y have different lengths: X has {_num_samples(X)} samples, y has {len(y)}; "
             "expected the same number."
         )
-    counts = np.unique(y[_labeled_mask(y)], return_counts=True)[1]
+    counts = np.unique(y[labeled_mask(y)], return_counts=True)[1]
     if len(counts) == 0:
         raise ValueError("y has no labeled sample (every label is -1); expected some.")
     if test is not None:
@@ -756,7 +758,7 @@ def _is_per_sample(value: Any, n_samples: int) -> bool:
 def _draw_per_class(
     y: np.ndarray, n: int, n_repeats: int, rng: np.random.RandomState
 ) -> Iterator[np.ndarray]:
-    labeled = np.flatnonzero(_labeled_mask(y))
+    labeled = np.flatnonzero(labeled_mask(y))
     classes, inverse = np.unique(y[labeled], return_inverse=True)
     members = [labeled[inverse == i] for i in range(len(classes))]
     for _ in range(n_repeats):
@@ -885,7 +887,7 @@ class LabeledOnly(MetaEstimatorMixin, BaseEstimator):
                 f"X and y have different lengths: X has {_num_samples(X)} samples, "
                 f"y has {len(y)}; expected the same number."
             )
-        labeled = np.flatnonzero(_labeled_mask(y))
+        labeled = np.flatnonzero(labeled_mask(y))
         if len(labeled) == 0:
             raise ValueError(
                 f"LabeledOnly got no labeled sample: all {len(y)} labels are -1; expected at "
@@ -924,7 +926,7 @@ class LabeledOnly(MetaEstimatorMixin, BaseEstimator):
         """Score of ``estimator_`` on the labeled samples of ``X, y``."""
         check_is_fitted(self)
         y = column_or_1d(np.asarray(y))
-        labeled = np.flatnonzero(_labeled_mask(y))
+        labeled = np.flatnonzero(labeled_mask(y))
         return self.estimator_.score(_safe_indexing(X, labeled), y[labeled])
 
     def __sklearn_tags__(self):

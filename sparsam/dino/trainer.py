@@ -173,6 +173,16 @@ class DinoTrainer:
         CPU, where reading costs nothing and training stops before a non-finite step changes
         the model, and every `CUDA_CHECK_EVERY` steps on a GPU, where every read makes the CPU
         wait for the GPU.
+    select : callable or None, default=None
+        ``select(backbone) -> float``, higher is better: a score of the teacher backbone
+        (given in eval mode, under ``torch.inference_mode`` and the training autocast),
+        taken of the starting weights and after every epoch (``history["selection_score"]``).
+        The teacher keeps the best-scoring weights at the end of ``fit``, ties going to the
+        later epoch; the best so far is part of every checkpoint. It must not draw from
+        torch's random generators. The DINO loss never sees what it scores.
+    select_key : str, default=""
+        Identifies what ``select`` scores (a digest of the labels): part of the run identity,
+        so that a checkpoint is resumed only with the same selection.
 
     Attributes
     ----------
@@ -192,6 +202,11 @@ class DinoTrainer:
         The same measure of the starting teacher, set by ``fit`` before any training step
         and before a checkpoint is resumed, so that a resumed run reports the same value as
         an uninterrupted one; NaN before ``fit``.
+    initial_selection_score : float
+        ``select`` of the starting teacher backbone; NaN without ``select``.
+    selected_epoch : int
+        After ``fit``: how many epochs of training the teacher that ``fit`` leaves had (0: the
+        starting weights); the last epoch without ``select``.
     """
 
     def __init__(
@@ -208,6 +223,8 @@ class DinoTrainer:
         checkpoint_keep: int = 3,
         compile: bool = False,
         check_every: int | None = None,
+        select: Callable[[nn.Module], float] | None = None,
+        select_key: str = "",
     ) -> None:
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every!r}.")
@@ -227,6 +244,11 @@ class DinoTrainer:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_keep = checkpoint_keep
         self.compile = compile
+        self.select = select
+        self.select_key = select_key
+        self.initial_selection_score = math.nan
+        self.selected_epoch = -1
+        self._best: dict = {}
         if check_every is None:
             check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
         self.check_every = check_every
@@ -330,6 +352,8 @@ class DinoTrainer:
             # Each rank its own drop-path masks.
             seed_global_generators(seed + this_rank, self.device)
             self.initial_rankme = self._teacher_rankme()
+            self._best = self._score_snapshot(0)
+            self.initial_selection_score = self._best.get("score", math.nan)
             position = self._resume(generator, settings)
             self._set_training_modes()
             self._wrap_for_distributed()
@@ -340,9 +364,35 @@ class DinoTrainer:
                 self._unwrap_for_distributed()
                 images.close()
                 self._quality_images = None
+        self._keep_best_snapshot()
         if is_main_process():
             self._warn_if_collapsed()
         return self.history
+
+    def _score_snapshot(self, epochs_trained: int) -> dict:
+        """``select``'s score of the teacher now, with its weights; {} without ``select``."""
+        if self.select is None:
+            return {}
+        backbone = self.teacher.backbone
+        backbone.eval()
+        try:
+            with torch.inference_mode(), self._autocast(), self._compilation.eager():
+                score = float(self.select(backbone))
+        finally:
+            self._set_training_modes()
+        weights = backbone.state_dict()
+        state = {key: tensor.detach().cpu().clone() for key, tensor in weights.items()}
+        return {"epoch": epochs_trained, "score": score, "state": state}
+
+    def _keep_best_snapshot(self) -> None:
+        """Give the teacher the best-scoring snapshot's weights (``select`` only)."""
+        trained = len(self.history.get("loss", []))
+        if not self._best:
+            self.selected_epoch = trained
+            return
+        self.selected_epoch = int(self._best["epoch"])
+        if self.selected_epoch != trained:
+            self.teacher.backbone.load_state_dict(self._best["state"])
 
     def _train_epochs(
         self,
@@ -361,6 +411,12 @@ class DinoTrainer:
                 position = _Position(epoch, 0, order, {})
             row = self._train_epoch(images, generator, position, plan, interrupted)
             row["rankme"] = self._teacher_rankme()
+            if self.select is not None:
+                snapshot = self._score_snapshot(epoch + 1)
+                row["selection_score"] = snapshot["score"]
+                # Ties go to the later epoch: more training at the same score.
+                if snapshot["score"] >= self._best["score"]:
+                    self._best = snapshot
             for name, value in row.items():
                 self.history.setdefault(name, []).append(value)
             if is_main_process():
@@ -692,6 +748,7 @@ class DinoTrainer:
             "images": images.fingerprint(),
             "initial_weights": self._initial_weights,
             "world_size": ranks,
+            **({"labels": self.select_key} if self.select is not None else {}),
         }
 
     def _save_checkpoint(
@@ -728,6 +785,7 @@ class DinoTrainer:
             "cuda_rng": [state.cpu() for state in cuda_rng],
             "config": plan.settings,
             "history": self.history,
+            "best": self._best or None,
         }
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / checkpoint_name(
@@ -772,6 +830,8 @@ class DinoTrainer:
         if self.device.type == "cuda" and state["cuda_rng"]:
             torch.cuda.set_rng_state(state["cuda_rng"][rank()].cpu(), self.device)
         self.history = {name: list(values) for name, values in state["history"].items()}
+        if state.get("best"):
+            self._best = dict(state["best"])
         epoch, step = int(state["epoch"]), int(state["step"])
         if is_main_process():
             logger.info("Resuming DINO from %s (epoch %d, step %d)", path, epoch + 1, step)
