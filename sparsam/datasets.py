@@ -21,6 +21,8 @@ loader                   download it expects
 `load_demo`              nothing: scikit-learn's bundled 8x8 handwritten digits
 `make_cytology`          nothing: seeded synthetic white blood cells (class = morphology)
 `make_tissue_textures`   nothing: seeded synthetic tissue patches (class = texture and colour)
+`make_radiographs`       nothing: seeded synthetic grey chest radiographs (class = side-specific)
+`make_skin_lesions`      nothing: seeded synthetic dermoscopy lesions (class = border, pattern)
 =======================  =========================================================================
 
 Examples
@@ -40,7 +42,12 @@ from sparsam.data.datasets import (
     load_isic2020,
     load_medmnist,
 )
-from sparsam.data.synthetic import make_cytology, make_tissue_textures
+from sparsam.data.synthetic import (
+    make_cytology,
+    make_radiographs,
+    make_skin_lesions,
+    make_tissue_textures,
+)
 
 __all__ = [
     "load_bone_marrow",
@@ -51,5 +58,7 @@ __all__ = [
     "load_isic2020",
     "load_medmnist",
     "make_cytology",
+    "make_radiographs",
+    "make_skin_lesions",
     "make_tissue_textures",
 ]

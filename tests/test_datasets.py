@@ -17,6 +17,8 @@ from sparsam.datasets import (
     load_isic2020,
     load_medmnist,
     make_cytology,
+    make_radiographs,
+    make_skin_lesions,
     make_tissue_textures,
 )
 
@@ -101,6 +103,8 @@ def test_public_module_exports_every_loader_and_generator():
         "load_isic2020",
         "load_medmnist",
         "make_cytology",
+        "make_radiographs",
+        "make_skin_lesions",
         "make_tissue_textures",
     ]
 
@@ -555,18 +559,22 @@ def test_demo_rejects_image_size_that_is_not_a_positive_int(image_size):
 # --- synthetic sets of the few-shot suite ---------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [make_cytology, make_tissue_textures])
+SYNTHETIC = [make_cytology, make_tissue_textures, make_radiographs, make_skin_lesions]
+
+
+@pytest.mark.parametrize("make", SYNTHETIC)
 def test_synthetic_sets_are_balanced_uint8_rgb_images(make):
     images, labels, class_names = make(24, image_size=16)
     assert images.shape == (24, 16, 16, 3)
     assert images.dtype == np.uint8
-    assert len(class_names) == 8
-    assert np.bincount(labels).tolist() == [3] * 8
+    n_classes = len(class_names)
+    assert n_classes in (6, 8)
+    assert np.bincount(labels).tolist() == [24 // n_classes] * n_classes
     # Not blank: every image has structure and colour.
     assert images.reshape(24, -1).std(axis=1).min() > 5
 
 
-@pytest.mark.parametrize("make", [make_cytology, make_tissue_textures])
+@pytest.mark.parametrize("make", SYNTHETIC)
 def test_synthetic_image_depends_only_on_the_seed_and_its_index(make):
     short, _, _ = make(5, random_state=3)
     longer, _, _ = make(9, random_state=3)
@@ -575,7 +583,7 @@ def test_synthetic_image_depends_only_on_the_seed_and_its_index(make):
     assert not np.array_equal(short, other)
 
 
-@pytest.mark.parametrize("make", [make_cytology, make_tissue_textures])
+@pytest.mark.parametrize("make", SYNTHETIC)
 @pytest.mark.parametrize(
     ("argument", "value"), [("n_samples", 0), ("image_size", 4), ("random_state", 1.5)]
 )
@@ -592,3 +600,27 @@ def test_synthetic_texture_classes_differ_in_colour_and_in_texture():
     hue_share = images[..., 0].astype(float).mean(axis=(1, 2)) - images[..., 1].mean(axis=(1, 2))
     eosin = np.array(["eosin" in class_names[label] for label in labels])
     assert hue_share[eosin].mean() > hue_share[~eosin].mean() + 10
+
+
+def test_synthetic_radiographs_are_grey_and_their_sides_matter():
+    images, labels, class_names = make_radiographs(600, image_size=32)
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()
+    # Effusion fills the lower part of one lung: the image's lower left is brighter when it
+    # is the patient's right, the lower right when it is the left (a flip swaps the classes).
+    grey = images[..., 0].astype(float)
+    left_minus_right = grey[:, 18:28, 6:14].mean(axis=(1, 2)) - grey[:, 18:28, 18:26].mean(
+        axis=(1, 2)
+    )
+    right = labels == class_names.index("effusion_right")
+    left = labels == class_names.index("effusion_left")
+    assert left_minus_right[right].mean() > left_minus_right[left].mean() + 10
+
+
+def test_synthetic_lesions_of_several_colours_differ_in_colour_from_uniform_ones():
+    images, labels, class_names = make_skin_lesions(600, image_size=32)
+    centre = images[:, 8:24, 8:24].astype(float)
+    # Blue-grey and red zones: the blue channel's share rises against the red's.
+    blue_share = centre[..., 2].mean(axis=(1, 2)) - centre[..., 0].mean(axis=(1, 2))
+    multicolour = labels == class_names.index("multicolour")
+    uniform = labels == class_names.index("regular_uniform")
+    assert blue_share[multicolour].mean() > blue_share[uniform].mean() + 5

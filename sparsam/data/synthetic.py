@@ -1,4 +1,5 @@
-"""Seeded synthetic image sets for the few-shot suite: cytology and tissue textures.
+"""Seeded synthetic image sets for the few-shot suite: cytology, tissue textures, chest
+radiographs and skin lesions.
 
 Both are drawn by code, with no download and no bundled image, so that a benchmark or a test can
 ask "did DINO make the features better?" on data unlike digits. Each generator returns
@@ -7,8 +8,9 @@ array ``(n, image_size, image_size, 3)``. Image ``i`` depends only on ``random_s
 a larger ``n_samples`` appends images and leaves the first ones unchanged.
 
 Images are drawn at twice the requested size and averaged down (anti-aliasing), as optical
-densities of two stains (haematoxylin and eosin, Ruifrok and Johnston 2001) turned into RGB by
-Beer-Lambert's law, the way a bright-field microscope forms colour.
+densities turned into RGB by Beer-Lambert's law: of two stains (haematoxylin and eosin,
+Ruifrok and Johnston 2001) as a bright-field microscope forms colour, of melanin, deep melanin
+and haemoglobin on skin (dermoscopy), or grey (radiographs: brighter where denser).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["make_cytology", "make_tissue_textures"]
+__all__ = ["make_cytology", "make_radiographs", "make_skin_lesions", "make_tissue_textures"]
 
 # Optical density per unit of stain, RGB (Ruifrok and Johnston 2001, normalised rows).
 _HAEMATOXYLIN = np.array([0.65, 0.70, 0.29])
@@ -125,7 +127,111 @@ def make_tissue_textures(
     return _generate(n_samples, image_size, random_state, _draw_texture, TEXTURE_CLASSES)
 
 
-def _generate(n_samples, image_size, random_state, draw, class_names):
+RADIOGRAPH_CLASSES = (
+    "normal",
+    "nodule_right_upper",
+    "nodule_left_lower",
+    "cardiomegaly",
+    "effusion_right",
+    "effusion_left",
+)
+
+LESION_CLASSES = (
+    "regular_uniform",
+    "irregular_uniform",
+    "globules",
+    "network",
+    "multicolour",
+    "streaks",
+)
+
+
+def make_radiographs(
+    n_samples: int = 2400,
+    *,
+    image_size: int = 32,
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Grey chest-radiograph-like images whose class depends on the side: a fixed orientation.
+
+    Six classes, balanced: normal; a nodule in the right upper lung; a nodule in the left
+    lower lung; an enlarged heart; a pleural effusion (a dense lower lung with a curved upper
+    edge) on the right; the same on the left. The patient's right is the image's left, as
+    radiographs are read. The classes that differ only by side swap under a horizontal flip,
+    and the nodules' lobes under a vertical one: flips and large rotations destroy labels
+    here. The nuisances, drawn per image, are exposure and contrast, the body's size and
+    position, a rotation of at most 6°, lung and heart sizes within the normal range, the
+    nodule's size and place within its lobe, the effusion's height, blur and noise.
+
+    Parameters
+    ----------
+    n_samples : int, default=2400
+        Number of images; class ``i % 6`` for image ``i``.
+    image_size : int, default=32
+        Side of the square images, at least 8.
+    random_state : int, default=0
+        Seed; image ``i`` depends only on it and ``i``.
+
+    Returns
+    -------
+    images : ndarray of shape (n_samples, image_size, image_size, 3), uint8
+        Grey: the three channels are equal.
+    labels : ndarray of shape (n_samples,), int64
+    class_names : list of str
+
+    Examples
+    --------
+    >>> from sparsam.datasets import make_radiographs
+    >>> images, labels, class_names = make_radiographs(12, image_size=32)
+    >>> images.shape, class_names[labels[3]], bool((images[..., 0] == images[..., 2]).all())
+    ((12, 32, 32, 3), 'cardiomegaly', True)
+    """
+    return _generate(
+        n_samples, image_size, random_state, _draw_radiograph, RADIOGRAPH_CLASSES, grey=True
+    )
+
+
+def make_skin_lesions(
+    n_samples: int = 2400,
+    *,
+    image_size: int = 32,
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Dermoscopy-like pigmented lesions on skin whose class is border, pattern and colours.
+
+    Six classes, balanced: a regular round border and uniform brown; an irregular border and
+    uniform brown; dark globules inside; a reticular (net-like) pigment network; several
+    colours (brown, blue-grey and red zones); radial streaks at an irregular border. The
+    nuisances, drawn per image, are skin tone, the lesion's size, darkness, rotation and
+    position, the dermoscope's dark vignette, hairs crossing the image, blur and noise. The
+    lesion has no up or down: flips and rotations preserve every class.
+
+    Parameters
+    ----------
+    n_samples : int, default=2400
+        Number of images; class ``i % 6`` for image ``i``.
+    image_size : int, default=32
+        Side of the square images, at least 8.
+    random_state : int, default=0
+        Seed; image ``i`` depends only on it and ``i``.
+
+    Returns
+    -------
+    images : ndarray of shape (n_samples, image_size, image_size, 3), uint8
+    labels : ndarray of shape (n_samples,), int64
+    class_names : list of str
+
+    Examples
+    --------
+    >>> from sparsam.datasets import make_skin_lesions
+    >>> images, labels, class_names = make_skin_lesions(12, image_size=32)
+    >>> images.shape, class_names[labels[4]]
+    ((12, 32, 32, 3), 'multicolour')
+    """
+    return _generate(n_samples, image_size, random_state, _draw_lesion, LESION_CLASSES)
+
+
+def _generate(n_samples, image_size, random_state, draw, class_names, grey=False):
     for name, value, low in (("n_samples", n_samples, 1), ("image_size", image_size, 8)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
@@ -140,7 +246,8 @@ def _generate(n_samples, image_size, random_state, draw, class_names):
         rgb = np.exp(-optical_density)
         # Averaging 2 x 2 blocks is the anti-aliasing of a camera pixel.
         rgb = rgb.reshape(image_size, 2, image_size, 2, 3).mean(axis=(1, 3))
-        rgb = rgb + rng.normal(0.0, 0.015, rgb.shape)
+        noise_shape = (*rgb.shape[:2], 1) if grey else rgb.shape
+        rgb = rgb + rng.normal(0.0, 0.015, noise_shape)
         images[index] = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
     return images, labels, list(class_names)
 
@@ -320,4 +427,123 @@ def _draw_texture(rng: np.random.Generator, label: int, size: int) -> np.ndarray
     share = _TEXTURE_SHARES[label] + rng.uniform(-0.06, 0.06)
     vector = share * _stain(rng, _HAEMATOXYLIN, 0.15) + (1 - share) * _stain(rng, _EOSIN, 0.15)
     density = amount[..., None] * vector * rng.uniform(0.9, 1.6)
+    return _blur(density, rng, size)
+
+
+def _grey(brightness: np.ndarray) -> np.ndarray:
+    """Optical density whose Beer-Lambert transmission is ``brightness`` in all channels."""
+    return -np.log(np.clip(brightness, 1e-3, 1.0))[..., None] * np.ones(3)
+
+
+def _ellipse(y, x, cy, cx, ry, rx, edge):
+    return _soft(np.hypot((y - cy) / ry, (x - cx) / rx) - 1.0, edge / min(ry, rx))
+
+
+def _draw_radiograph(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    name = RADIOGRAPH_CLASSES[label]
+    y, x = _grid(size)
+    edge = 1.5 / size
+    scale = rng.uniform(0.9, 1.1)
+    cy, cx = rng.uniform(-0.05, 0.05, 2)
+    v, u = _rotate(y - cy, x - cx, np.deg2rad(rng.uniform(-6, 6)))
+    v, u = v / scale, u / scale
+    body = _ellipse(v, u, 0.05, 0.0, 1.0, 0.85, edge)
+    # Lungs (air: dark), the patient's right lung on the image's left.
+    lung_size = rng.uniform(0.9, 1.1)
+    lungs = {
+        side: _ellipse(v, u, -0.05, side * 0.4, 0.58 * lung_size, 0.27 * lung_size, edge)
+        for side in (-1, 1)
+    }
+    density = 0.55 * body - 0.35 * np.maximum(lungs[-1], lungs[1])
+    heart_width = (1.55 if name == "cardiomegaly" else 1.0) * rng.uniform(0.9, 1.1)
+    heart = _ellipse(v, u, 0.32, 0.1, 0.24, 0.2 * heart_width, edge)
+    density = np.maximum(density, 0.62 * heart)
+    spine = _soft(np.abs(u) - 0.07, edge) * body
+    clavicles = _soft(np.abs(v + 0.62 + 0.25 * np.abs(u)) - 0.035, edge) * _soft(
+        np.abs(u) - 0.7, edge
+    )
+    density = np.maximum(density, 0.7 * np.maximum(spine, clavicles))
+    if name.startswith("nodule"):
+        side, lobe = (-1, -0.3) if name.endswith("right_upper") else (1, 0.25)
+        ny, nx = lobe + rng.uniform(-0.1, 0.1), side * 0.4 + rng.uniform(-0.08, 0.08)
+        nodule = _soft(np.hypot(v - ny, u - nx) - rng.uniform(0.07, 0.1), edge)
+        density = np.maximum(density, 0.6 * nodule)
+    if name.startswith("effusion"):
+        side = -1 if name.endswith("right") else 1
+        level = rng.uniform(0.1, 0.3)
+        # The meniscus: fluid climbs the chest wall, so its top curves up at the outside.
+        lateral = np.clip((side * u - 0.4) / 0.27, 0, None)
+        fluid = _soft(level - 0.45 * lateral**2 - v, edge) * lungs[side]
+        density = np.maximum(density, 0.5 * fluid)
+    exposure = rng.uniform(0.75, 1.2)
+    brightness = np.clip(0.06 + exposure * density, 0, 1) ** rng.uniform(0.85, 1.2)
+    brightness = brightness * (1 + 0.04 * _band_noise(rng, size, 8.0, 4.0))
+    return _blur(_grey(np.clip(brightness, 0.02, 1.0)), rng, size)
+
+
+# Optical densities per unit of pigment, RGB: melanin (brown), deep melanin (blue-grey, the
+# Tyndall effect of pigment deep in the dermis), haemoglobin (red), skin.
+_MELANIN = np.array([0.45, 0.85, 1.25])
+_DEEP_MELANIN = np.array([1.0, 0.85, 0.7])
+_HAEMOGLOBIN = np.array([0.15, 1.0, 0.75])
+_SKIN = np.array([0.12, 0.32, 0.45])
+
+
+def _draw_lesion(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    name = LESION_CLASSES[label]
+    y, x = _grid(size)
+    edge = 1.5 / size
+    density = _SKIN * rng.uniform(0.6, 2.2) * np.ones((size, size, 1))
+    density += 0.05 * _band_noise(rng, size, 10.0, 4.0)[..., None] * _SKIN
+    cy, cx = rng.uniform(-0.12, 0.12, 2)
+    v, u = _rotate(y - cy, x - cx, rng.uniform(0, 2 * np.pi))
+    radius = rng.uniform(0.45, 0.68)
+    angle = np.arctan2(v, u)
+    irregular = name in ("irregular_uniform", "streaks")
+    wobble = np.zeros_like(angle)
+    for k in range(2, 8):
+        amplitude = rng.uniform(0.06, 0.14) if irregular and k >= 3 else rng.uniform(0, 0.025)
+        wobble += amplitude * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
+    distance = np.hypot(v, u)
+    lesion = _soft(distance - radius * (1 + wobble), edge)
+    darkness = rng.uniform(0.7, 1.3)
+    pigment = 0.9 * darkness * lesion * (1 + 0.08 * _band_noise(rng, size, 5.0, 2.5))
+    extra = np.zeros((size, size, 3))
+    if name == "globules":
+        for _ in range(rng.poisson(9) + 3):
+            r = radius * np.sqrt(rng.uniform(0, 0.8))
+            a = rng.uniform(0, 2 * np.pi)
+            dot = _soft(
+                np.hypot(v - r * np.sin(a), u - r * np.cos(a)) - rng.uniform(0.05, 0.08), edge
+            )
+            pigment = np.maximum(pigment, 1.9 * darkness * dot)
+    elif name == "network":
+        period = rng.uniform(0.18, 0.24)
+        lines = np.minimum(np.abs(np.sin(np.pi * v / period)), np.abs(np.sin(np.pi * u / period)))
+        pigment = pigment * (0.55 + 0.9 * _soft(lines - 0.25, 0.12))
+    elif name == "multicolour":
+        for vector, weight in ((_DEEP_MELANIN, 1.0), (_HAEMOGLOBIN, 0.8)):
+            a = rng.uniform(0, 2 * np.pi)
+            zone = _soft(
+                np.hypot(v - 0.45 * radius * np.sin(a), u - 0.45 * radius * np.cos(a))
+                - 0.4 * radius,
+                edge * 4,
+            )
+            extra += weight * (zone * lesion)[..., None] * vector
+            pigment = pigment * (1 - 0.6 * zone)
+    elif name == "streaks":
+        count = rng.integers(8, 14)
+        rays = _soft(np.cos(count * angle + rng.uniform(0, 2 * np.pi)) - 0.85, 0.05)
+        rim = _soft(np.abs(distance - radius * 1.05) - 0.12 * radius, edge * 2)
+        pigment = np.maximum(pigment, 1.3 * darkness * rays * rim)
+    density += pigment[..., None] * _MELANIN + extra
+    for _ in range(rng.integers(0, 4)):
+        # A hair: a thin dark arc across the field.
+        hy, hx = rng.uniform(-1, 1, 2)
+        bend = rng.uniform(-0.6, 0.6)
+        hv, hu = _rotate(y - hy, x - hx, rng.uniform(0, np.pi))
+        hair = _soft(np.abs(hv - bend * hu**2) - 0.012, edge)
+        density += 1.2 * hair[..., None] * _DEEP_MELANIN
+    vignette = _soft(np.hypot(y, x) - rng.uniform(1.1, 1.4), 0.15)
+    density += (1 - vignette)[..., None] * 2.5
     return _blur(density, rng, size)
