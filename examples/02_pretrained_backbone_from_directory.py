@@ -89,8 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sparsam.save_backbone(trained, directory)
         print(f"saved to {directory}: {', '.join(sorted(p.name for p in directory.iterdir()))}")
 
-        # 1. A featurizer that only loads: the input size comes from config.json.
-        loaded = DinoFeaturizer(pretrained=str(directory), epochs=0, verbose=0).fit(images)
+        # 1. A featurizer that only loads: the input size comes from config.json; the
+        # read-out (which tokens of which blocks) is a featurizer setting, given again.
+        readout = {name: recipe[name] for name in ("pooling", "n_last_blocks")}
+        loaded = DinoFeaturizer(pretrained=str(directory), epochs=0, verbose=0, **readout)
+        loaded.fit(images)
         features = loaded.transform(images)
         same = np.array_equal(features, trained.transform(images))
         print(

@@ -45,7 +45,8 @@ def test_a_featurizer_trains_with_the_recipe(tiny_images):
     params = small_data_recipe(image_size=tiny_images.shape[1], n_images=len(tiny_images))
     featurizer = DinoFeaturizer(**{**params, "epochs": 1, "random_state": 0, "verbose": 0})
     embeddings = featurizer.fit(tiny_images).transform(tiny_images)
-    assert embeddings.shape == (len(tiny_images), 96)
+    # The class token and the mean patch token of all 4 blocks, 96 wide each.
+    assert embeddings.shape == (len(tiny_images), 4 * 2 * 96)
     assert np.isfinite(embeddings).all()
 
 
