@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import DEEP_VIT_PARAMS
 
 from sparsam import DinoFeaturizer
 from sparsam.readout import ReadOut, token_blocks
@@ -113,16 +114,9 @@ def test_read_out_leaves_no_hooks_behind():
 
 @pytest.fixture(scope="module")
 def untrained(tiny_images):
-    params = {
-        "backbone": "vit_tiny_patch16_224",
-        "backbone_kwargs": {"patch_size": 4, "depth": 3, "embed_dim": 32, "num_heads": 2},
-        "image_size": 16,
-        "epochs": 0,
-        "random_state": 0,
-        "verbose": 0,
-    }
+    # The conftest's 3-block ViT, untrained: the read-out needs blocks, not training.
     with pytest.warns(UserWarning, match="epochs=0"):
-        return DinoFeaturizer(**params).fit(tiny_images)
+        return DinoFeaturizer(**{**DEEP_VIT_PARAMS, "epochs": 0}).fit(tiny_images)
 
 
 def test_featurizer_width_is_blocks_times_parts_times_embed_dim(untrained, tiny_images):
