@@ -164,9 +164,10 @@ class DinoTrainer:
     checkpoint_keep : int, default=3
         How many of the newest checkpoints to keep; older ones of this directory are removed.
     compile : bool, default=False
-        Compile the repeated blocks of student and teacher and the heads with
-        ``torch.compile`` during ``fit`` (`sparsam.training.compilation`); if compiling
-        fails, training continues uncompiled with a `CompileFallbackWarning`.
+        Compile the computing parts of every block (`compiled_regions`) of student and
+        teacher and both heads with ``torch.compile`` during ``fit``
+        (`sparsam.training.compilation`); if compiling fails, training continues uncompiled
+        with a `CompileFallbackWarning`.
     check_every : int or None, default=None
         Steps between the host's reads of the loss: a non-finite loss stops training at the
         next read, and checkpoints are written only after one. None reads every step on the
@@ -352,8 +353,10 @@ class DinoTrainer:
             # Each rank its own drop-path masks.
             seed_global_generators(seed + this_rank, self.device)
             self.initial_rankme = self._teacher_rankme()
-            self._best = self._score_snapshot(0)
-            self.initial_selection_score = self._best.get("score", math.nan)
+            self._best = {}
+            if self.select is not None:
+                self._best = self._snapshot(0, self._teacher_score())
+                self.initial_selection_score = self._best["score"]
             position = self._resume(generator, settings)
             self._set_training_modes()
             self._wrap_for_distributed()
@@ -369,18 +372,19 @@ class DinoTrainer:
             self._warn_if_collapsed()
         return self.history
 
-    def _score_snapshot(self, epochs_trained: int) -> dict:
-        """``select``'s score of the teacher now, with its weights; {} without ``select``."""
-        if self.select is None:
-            return {}
+    def _teacher_score(self) -> float:
+        """``select``'s score of the teacher backbone as it is now."""
         backbone = self.teacher.backbone
         backbone.eval()
         try:
             with torch.inference_mode(), self._autocast(), self._compilation.eager():
-                score = float(self.select(backbone))
+                return float(self.select(backbone))
         finally:
             self._set_training_modes()
-        weights = backbone.state_dict()
+
+    def _snapshot(self, epochs_trained: int, score: float) -> dict:
+        """The teacher backbone's weights (a CPU copy) with its epoch and score."""
+        weights = self.teacher.backbone.state_dict()
         state = {key: tensor.detach().cpu().clone() for key, tensor in weights.items()}
         return {"epoch": epochs_trained, "score": score, "state": state}
 
@@ -412,11 +416,11 @@ class DinoTrainer:
             row = self._train_epoch(images, generator, position, plan, interrupted)
             row["rankme"] = self._teacher_rankme()
             if self.select is not None:
-                snapshot = self._score_snapshot(epoch + 1)
-                row["selection_score"] = snapshot["score"]
-                # Ties go to the later epoch: more training at the same score.
-                if snapshot["score"] >= self._best["score"]:
-                    self._best = snapshot
+                row["selection_score"] = score = self._teacher_score()
+                # Ties go to the later epoch: more training at the same score. Only a new
+                # best is copied (a backbone's weights, every epoch, would be wasted).
+                if score >= self._best["score"]:
+                    self._best = self._snapshot(epoch + 1, score)
             for name, value in row.items():
                 self.history.setdefault(name, []).append(value)
             if is_main_process():
@@ -576,14 +580,7 @@ class DinoTrainer:
         step, value = bad
         steps_per_epoch = self._steps_per_epoch or step + 1
         where = f" in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
-        if step == self._step:
-            stopped = "training stopped before this step changed the model"
-        else:
-            stopped = (
-                f"training stopped {self._step - step} step(s) later (the loss is read every "
-                f"{self.check_every} steps on this device, so the model may hold non-finite "
-                "weights; checkpoints are written only after a read)"
-            )
+        stopped = self._statistics.how_stopped(step, self._step, self.check_every)
         raise FloatingPointError(
             f"DINO loss is {value} at epoch {step // steps_per_epoch + 1}, step {step + 1}: "
             f"{stopped}, and the last checkpoint{where} (if any) "

@@ -366,12 +366,7 @@ class FineTuneTrainer:
         if bad is None:
             return
         step, value = bad
-        stopped = (
-            "training stopped before this step changed the model"
-            if step == self._step
-            else f"training stopped {self._step - step} step(s) later (the loss is read every "
-            f"{self.check_every} steps on this device)"
-        )
+        stopped = self._statistics.how_stopped(step, self._step, self.check_every)
         raise FloatingPointError(
             f"Fine-tuning loss is {value} at step {step + 1}: {stopped}. Lower lr or use "
             "precision='fp32'."

@@ -60,6 +60,16 @@ class StepStatistics:
         step = int(self._bad_step)
         return None if step < 0 else (step, float(self._bad_value))
 
+    def how_stopped(self, bad_step: int, current_step: int, check_every: int) -> str:
+        """How far training went past ``bad_step``, for the error a loop raises."""
+        if bad_step == current_step:
+            return "training stopped before this step changed the model"
+        return (
+            f"training stopped {current_step - bad_step} step(s) later (the loss is read every "
+            f"{check_every} steps on this device, so the model may hold non-finite weights; "
+            "checkpoints are written only after a read)"
+        )
+
     def totals(self) -> dict[str, float]:
         """The sums as floats (one host read)."""
         return {name: float(total) for name, total in self._totals.items()}
