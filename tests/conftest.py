@@ -58,6 +58,19 @@ def _single_torch_thread():
     torch.set_num_threads(previous)
 
 
+def count_calls(monkeypatch, owner, name):
+    """Replace ``owner.name`` by a wrapper that records each call, and return the records."""
+    calls = []
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
 @pytest.fixture
 def tiny_params():
     """Keyword arguments of a DinoFeaturizer that trains in a fraction of a second."""

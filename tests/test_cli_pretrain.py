@@ -12,12 +12,13 @@ import joblib
 import numpy as np
 import pytest
 import torch.distributed
+from conftest import count_calls
 from PIL import Image
 
 from sparsam import DinoFeaturizer, load_backbone
 from sparsam.cli import main, resolve_images
 from sparsam.dino import distributed
-from sparsam.dino.trainer import list_checkpoints
+from sparsam.dino.trainer import DinoTrainer, list_checkpoints
 
 # A 2-block, 32-wide ViT on 16 px images (depth 2 so drop-path runs): a 1-epoch fit on 24
 # images takes well under a second on two cores.
@@ -427,7 +428,9 @@ def test_only_rank_0_writes_the_output_and_prints(image_folder, tmp_path, monkey
     assert not (out / "featurizer.joblib").exists() and not (out / "config.json").exists()
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_continues(image_folder, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(
+    image_folder, tmp_path, caplog, monkeypatch
+):
     import os
     import signal
     import subprocess
@@ -455,6 +458,15 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(image_folder, tmp_path)
     state = torch.load(saved, weights_only=True)
     assert state["epoch"] < 39, "interrupted long before the end"
 
-    code, _, stderr = run([*command[3:], "--resume"])
+    # Resumed, not restarted: the run names the checkpoint and trains only the steps left.
+    steps = count_calls(monkeypatch, DinoTrainer, "train_step")
+    with caplog.at_level("INFO", logger="sparsam"):
+        code, _, stderr = run([*command[3:], "--resume"])
     assert code == 0, stderr
     assert (out / "featurizer.joblib").is_file()
+    resumed = [r.getMessage() for r in caplog.records if "Resuming DINO" in r.getMessage()]
+    assert len(resumed) == 1 and saved.name in resumed[0], resumed
+    steps_per_epoch = N_IMAGES // 8
+    # The checkpoint's position: "epoch" epochs done, then "step" steps of the next one.
+    done = int(state["epoch"]) * steps_per_epoch + int(state["step"])
+    assert 0 < done and len(steps) == 40 * steps_per_epoch - done

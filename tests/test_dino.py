@@ -150,6 +150,31 @@ def test_centering_uses_only_teacher_outputs():
     torch.testing.assert_close(centers[0], 0.1 * teacher.mean(0, keepdim=True))
 
 
+def test_center_update_keeps_a_decayed_share_of_the_old_center():
+    loss_fn = DinoLoss(OUT_DIM, center_momentum=0.9)
+    old = torch.randn(1, OUT_DIM, generator=torch.Generator().manual_seed(2))
+    loss_fn.center.copy_(old)
+    teacher = torch.randn(2 * 4, OUT_DIM, generator=torch.Generator().manual_seed(3))
+    loss_fn.update_center(teacher)
+    torch.testing.assert_close(loss_fn.center, 0.9 * old + 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_teacher_softmax_subtracts_the_center_before_the_update():
+    loss_fn = DinoLoss(OUT_DIM, student_temperature=0.1)
+    center = torch.randn(1, OUT_DIM, generator=torch.Generator().manual_seed(4))
+    loss_fn.center.copy_(center)
+    teacher = torch.randn(2 * 5, OUT_DIM, generator=torch.Generator().manual_seed(5))
+    student = torch.randn(2 * 5, OUT_DIM, generator=torch.Generator().manual_seed(6))
+    loss, _ = loss_fn(student, teacher, teacher_temperature=0.04, n_crops=2)
+    teacher_probs = torch.softmax((teacher - center) / 0.04, dim=-1).chunk(2)
+    student_log_probs = torch.log_softmax(student / 0.1, dim=-1).chunk(2)
+    expected = (
+        -(teacher_probs[0] * student_log_probs[1]).sum(-1).mean()
+        - (teacher_probs[1] * student_log_probs[0]).sum(-1).mean()
+    ) / 2
+    torch.testing.assert_close(loss, expected)
+
+
 def test_center_is_not_all_reduced_without_a_process_group(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("all_reduce called without a process group")
@@ -214,9 +239,28 @@ def test_cosine_schedule_hits_start_after_warmup_and_end_at_last_step(warmup_ste
     assert values[0] == pytest.approx(0.0 if warmup_steps else 1.0)
 
 
+def test_a_warmup_longer_than_the_schedule_is_cut_to_its_length():
+    values = cosine_schedule(1.0, 0.1, total_steps=4, warmup_steps=10, warmup_start=0.0)
+    np.testing.assert_allclose(values, [0.0, 0.25, 0.5, 0.75])
+    ramp = warmup_then_constant(0.02, 0.04, total_steps=3, warmup_steps=6)
+    assert len(ramp) == 3 and np.all(ramp < 0.04)
+
+
+def test_warmup_rises_in_equal_steps_to_start_at_the_first_step_after_it():
+    values = cosine_schedule(1.0, 0.1, total_steps=10, warmup_steps=4, warmup_start=0.0)
+    np.testing.assert_allclose(values[:5], [0.0, 0.25, 0.5, 0.75, 1.0])
+
+
 def test_cosine_schedule_decreases_monotonically_after_warmup():
+    values = cosine_schedule(1.0, 0.1, total_steps=50, warmup_steps=10)
+    assert np.all(np.diff(values[:11]) > 0)
+    assert np.all(np.diff(values[10:]) < 0)
+
+
+def test_teacher_momentum_schedule_rises_monotonically_to_one():
     values = cosine_schedule(0.996, 1.0, total_steps=50)
-    assert np.all(np.diff(values) >= 0)
+    assert values[0] == pytest.approx(0.996) and values[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(values) > 0)
 
 
 def test_teacher_temperature_warms_up_linearly_then_stays_constant():
@@ -224,6 +268,15 @@ def test_teacher_temperature_warms_up_linearly_then_stays_constant():
     assert values[0] == pytest.approx(0.02)
     assert np.allclose(values[4:], 0.04)
     assert np.all(np.diff(values[:5]) > 0)
+
+
+def test_each_step_sets_weight_decay_on_weights_only():
+    trainer = tiny_trainer()
+    trainer.train_step(tiny_images(4), torch.Generator().manual_seed(0), 1, SCHEDULE_VALUES)
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == SCHEDULE_VALUES["weight_decay"]
+    assert no_decay["weight_decay"] == 0.0
+    assert decay["lr"] == no_decay["lr"] == SCHEDULE_VALUES["lr"]
 
 
 def test_weight_decay_spares_biases_and_normalisation_layers():

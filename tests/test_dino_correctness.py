@@ -177,6 +177,38 @@ def test_gradients_are_clipped_per_parameter_by_default():
     assert norms.norm().item() > 3 * clip
 
 
+def test_per_parameter_clipping_leaves_gradients_below_the_bound_unchanged():
+    # DINO's clip scales a gradient down only: a scale of max_norm / norm above 1 would
+    # enlarge every small gradient to the bound.
+    trainer = trainer_for(small_xcit(), clip_grad=1.0)
+    parameters = [p for p in trainer.student.parameters() if p.ndim == 2][:2]
+    small = torch.full_like(parameters[0], 1e-4)
+    large = torch.ones_like(parameters[1])
+    parameters[0].grad, parameters[1].grad = small.clone(), large.clone()
+    trainer._clip_gradients(1.0)
+    torch.testing.assert_close(parameters[0].grad, small)
+    assert parameters[1].grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(parameters[1].grad, large / large.norm(), rtol=1e-5, atol=0)
+
+
+def test_koleo_term_reaches_the_gradient():
+    # KoLeo on by default: the gradients must be those of DINO's loss + weight x KoLeo, not
+    # of DINO's loss alone with KoLeo only reported.
+    gradients = {}
+    for weight in (0.0, 0.5, 1.0):
+        trainer = trainer_for(small_xcit(), koleo_weight=weight, clip_grad=None)
+        trainer.train_step(images(8), torch.Generator().manual_seed(0), 1, STEP_VALUES)
+        gradients[weight] = torch.cat(
+            [p.grad.flatten() for p in trainer.student.parameters() if p.grad is not None]
+        )
+    koleo_gradient = gradients[1.0] - gradients[0.0]
+    assert koleo_gradient.norm() > 1e-3 * gradients[0.0].norm()
+    # Linear in the weight: half the weight, half the KoLeo part of the gradient.
+    torch.testing.assert_close(
+        gradients[0.5] - gradients[0.0], 0.5 * koleo_gradient, rtol=1e-3, atol=1e-6
+    )
+
+
 def test_global_clipping_bounds_the_norm_of_all_gradients_together():
     clip = 1e-3
     trainer = trainer_for(small_xcit(), clip_grad=clip, clip_grad_mode="global")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sparsam import DinoFeaturizer
+from sparsam._checkpoints import read_checkpoint
 from sparsam.dino import DinoTrainer
 from sparsam.dino.loss import DinoLoss
 from sparsam.dino.trainer import CheckpointWarning, list_checkpoints
@@ -52,6 +53,27 @@ def test_files_sparsam_did_not_write_are_left_alone(run_params, tiny_images):
     DinoFeaturizer(**run_params).fit(tiny_images)
     assert (directory / "notes.txt").read_text() == "mine"
     assert (directory / "dino_checkpoint.pt").read_text() == "not a step checkpoint"
+
+
+def test_only_files_named_like_checkpoints_are_listed_newest_first(tmp_path):
+    for step in (3, 12, 7):
+        (tmp_path / f"dino_checkpoint_{step:09d}.pt").write_bytes(b"")
+    (tmp_path / "dino_checkpoint_000000020.pt").mkdir()  # a directory, not a checkpoint
+    (tmp_path / "dino_checkpoint_5.pt").write_bytes(b"")  # not sparsam's 9-digit name
+    (tmp_path / "supervised_checkpoint_000000030.pt").write_bytes(b"")
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "dino_checkpoint_000000012.pt",
+        "dino_checkpoint_000000007.pt",
+        "dino_checkpoint_000000003.pt",
+    ]
+    assert list_checkpoints(tmp_path / "missing") == []
+
+
+def test_an_empty_checkpoint_is_named_as_empty(tmp_path):
+    path = tmp_path / "dino_checkpoint_000000001.pt"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"dino_checkpoint_000000001.pt is empty .*delete it"):
+        read_checkpoint(path, torch.device("cpu"), ["teacher"])
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import count_calls
 from PIL import Image
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
-from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
@@ -36,19 +37,6 @@ HISTORY_KEYS = {
     "koleo",
     "rankme",
 }
-
-
-def _count_calls(monkeypatch, owner, name):
-    """Replace ``owner.name`` by a wrapper that records each call, and return the records."""
-    calls = []
-    original = getattr(owner, name)
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, spy)
-    return calls
 
 
 # Fitted attributes and output
@@ -104,7 +92,7 @@ def test_zero_epochs_without_pretrained_weights_warns_that_features_are_untraine
 def test_zero_epochs_runs_no_training_and_leaves_history_empty(
     tiny_params, tiny_images, monkeypatch, tiny_width
 ):
-    trainer_calls = _count_calls(monkeypatch, sparsam.featurizer, "DinoTrainer")
+    trainer_calls = count_calls(monkeypatch, sparsam.featurizer, "DinoTrainer")
 
     with pytest.warns(UserWarning, match="untrained"):
         featurizer = DinoFeaturizer(**{**tiny_params, "epochs": 0}).fit(tiny_images)
@@ -298,8 +286,14 @@ def test_pipeline_works_in_cross_val_score(tiny_params, tiny_images, tiny_labels
 
     scores = cross_val_score(pipeline, tiny_images, tiny_labels, cv=2, error_score="raise")
 
-    assert scores.shape == (2,)
-    assert np.all((scores >= 0) & (scores <= 1))
+    # The same as fitting a fresh clone on each of StratifiedKFold's training halves.
+    expected = [
+        clone(pipeline)
+        .fit(tiny_images[train], tiny_labels[train])
+        .score(tiny_images[test], tiny_labels[test])
+        for train, test in StratifiedKFold(2).split(tiny_images, tiny_labels)
+    ]
+    np.testing.assert_array_equal(scores, expected)
 
 
 def test_fit_accepts_unlabeled_minus_one_targets(tiny_params, tiny_images, tiny_labels, tiny_width):
@@ -320,7 +314,7 @@ def _grid_search_over_frozen(featurizer, images, labels):
 def test_grid_search_does_not_refit_a_frozen_featurizer(
     fitted_featurizer, tiny_images, tiny_labels, monkeypatch
 ):
-    fit_calls = _count_calls(monkeypatch, DinoFeaturizer, "fit")
+    fit_calls = count_calls(monkeypatch, DinoFeaturizer, "fit")
 
     _grid_search_over_frozen(fitted_featurizer, tiny_images, tiny_labels)
 
@@ -332,7 +326,13 @@ def test_grid_search_over_frozen_featurizer_finds_best_svc_params(
 ):
     search = _grid_search_over_frozen(fitted_featurizer, tiny_images, tiny_labels)
 
-    assert search.best_params_["svc__C"] in (0.1, 1.0, 10.0)
+    # The same search on the features computed once: the frozen featurizer adds nothing else.
+    features = fitted_featurizer.transform(tiny_images)
+    direct = GridSearchCV(SVC(), {"C": [0.1, 1.0, 10.0]}, cv=2).fit(features, tiny_labels)
+    assert search.best_params_["svc__C"] == direct.best_params_["C"]
+    np.testing.assert_array_equal(
+        search.cv_results_["mean_test_score"], direct.cv_results_["mean_test_score"]
+    )
 
 
 # Progress bars and logging
@@ -416,7 +416,7 @@ def test_fit_resumes_from_finished_checkpoint_without_training(
 ):
     params = {**tiny_params, "checkpoint_dir": tmp_path}
     first = DinoFeaturizer(**params).fit(tiny_images)
-    steps = _count_calls(monkeypatch, DinoTrainer, "train_step")
+    steps = count_calls(monkeypatch, DinoTrainer, "train_step")
 
     resumed = DinoFeaturizer(**params).fit(tiny_images)
 
@@ -424,13 +424,22 @@ def test_fit_resumes_from_finished_checkpoint_without_training(
     assert resumed.history_ == first.history_
 
 
-def test_resumed_fit_gives_same_embeddings(tiny_params, tiny_images, tmp_path):
+def test_resumed_fit_takes_its_weights_from_the_checkpoint(tiny_params, tiny_images, tmp_path):
     params = {**tiny_params, "checkpoint_dir": tmp_path}
     first = DinoFeaturizer(**params).fit(tiny_images)
-
     resumed = DinoFeaturizer(**params).fit(tiny_images)
-
     assert np.array_equal(resumed.transform(tiny_images), first.transform(tiny_images))
+
+    # Alter the teacher in the checkpoint: a fit that resumes from it must return the change.
+    path = list_checkpoints(tmp_path)[0]
+    state = torch.load(path, weights_only=True)
+    state["teacher"]["backbone.norm.weight"] *= 2
+    torch.save(state, path)
+    altered = DinoFeaturizer(**params).fit(tiny_images)
+    torch.testing.assert_close(
+        altered.backbone_.norm.weight, 2 * first.backbone_.norm.weight, rtol=0, atol=0
+    )
+    assert not np.array_equal(altered.transform(tiny_images), first.transform(tiny_images))
 
 
 @pytest.mark.parametrize(

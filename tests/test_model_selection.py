@@ -193,6 +193,12 @@ def test_min_class_size_drops_small_classes_from_both_parts():
         assert len(test) == 56
 
 
+def test_a_class_of_exactly_min_class_size_is_kept():
+    y = _labels([30, 10, 9])
+    train, test = next(FewShotSplit(2, min_class_size=10, random_state=0).split(y, y))
+    assert sorted(set(y[train])) == sorted(set(y[test])) == [0, 1]
+
+
 def test_string_labels_are_split_per_class():
     y = np.array(["a"] * 10 + ["b"] * 10)
     train, _ = next(FewShotSplit(3, random_state=0).split(y, y))
@@ -616,11 +622,14 @@ def test_curve_plot_passes_itself_to_plot_few_shot_curve(curve, monkeypatch):
 @pytest.mark.parametrize("n_per_class", [1, 50])
 @pytest.mark.parametrize("name", ["svm", "logistic_regression", "knn"])
 def test_paper_classifiers_fit_and_predict_with_n_per_class_samples(name, n_per_class):
+    # Three well separated clusters: every classifier must put fresh points in their own.
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), n_per_class)
-    features = rng.normal(size=(len(labels), 16)) + labels[:, None]
+    features = rng.normal(size=(len(labels), 16)) + 3 * labels[:, None]
     model = paper_classifiers(random_state=0)[name].fit(features, labels)
-    assert set(model.predict(rng.normal(size=(5, 16)))) <= {0, 1, 2}
+    test_labels = np.repeat(np.arange(3), 10)
+    test = rng.normal(size=(len(test_labels), 16)) + 3 * test_labels[:, None]
+    np.testing.assert_array_equal(model.predict(test), test_labels)
 
 
 def test_paper_classifiers_are_fresh_each_call():

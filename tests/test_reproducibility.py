@@ -2,6 +2,7 @@
 after a run was killed and resumed; checkpoints never resume another run."""
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -11,9 +12,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import count_calls
 
 from sparsam import DinoFeaturizer
-from sparsam.dino.trainer import list_checkpoints
+from sparsam.dino.trainer import DinoTrainer, list_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::sparsam.dino.CollapseWarning")
 
@@ -134,8 +136,12 @@ def finished_checkpoint(tmp_path, deep_vit_params, tiny_images):
     return params
 
 
-def test_finished_checkpoint_of_the_same_run_is_reused(finished_checkpoint, tiny_images):
+def test_finished_checkpoint_of_the_same_run_is_reused(
+    finished_checkpoint, tiny_images, monkeypatch
+):
+    steps = count_calls(monkeypatch, DinoTrainer, "train_step")
     first = DinoFeaturizer(**finished_checkpoint).fit(tiny_images)
+    assert steps == [], "the finished run was trained again instead of read"
     params = {k: v for k, v in finished_checkpoint.items() if k != "checkpoint_dir"}
     fresh = DinoFeaturizer(**params).fit(tiny_images)
     np.testing.assert_array_equal(first.transform(tiny_images), fresh.transform(tiny_images))
@@ -158,6 +164,25 @@ def test_checkpoint_of_another_random_state_is_refused(finished_checkpoint, tiny
 def test_checkpoint_of_other_settings_names_them(finished_checkpoint, tiny_images):
     finished_checkpoint.update(lr=1e-3, drop_path_rate=0.3)
     with pytest.raises(ValueError, match=r"drop_path.*lr: 0\.0005 in the checkpoint, 0\.001 now"):
+        DinoFeaturizer(**finished_checkpoint).fit(tiny_images)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"center_momentum": 0.8}, "loss.center_momentum: 0.9 in the checkpoint, 0.8 now"),
+        ({"student_temperature": 0.2}, "loss.student_temperature: 0.1 in the checkpoint, 0.2 now"),
+        ({"out_dim": 32}, "loss.out_dim: 64 in the checkpoint, 32 now"),
+        ({"rotation": 5.0}, "augmentation.rotation: 180.0 in the checkpoint, 5.0 now"),
+        ({"precision": "bf16"}, "precision: 'torch.float32' in the checkpoint"),
+    ],
+    ids=["center_momentum", "student_temperature", "out_dim", "rotation", "precision"],
+)
+def test_checkpoint_of_other_loss_augmentation_or_precision_names_them(
+    finished_checkpoint, tiny_images, change, named
+):
+    finished_checkpoint.update(change)
+    with pytest.raises(ValueError, match=re.escape(named)):
         DinoFeaturizer(**finished_checkpoint).fit(tiny_images)
 
 

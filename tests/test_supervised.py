@@ -21,9 +21,10 @@ from sparsam import (
 )
 from sparsam._checkpoints import list_checkpoints
 from sparsam._estimator import build_backbone
+from sparsam.data.training import TrainingImages
 from sparsam.dino.augment import MultiCropAugmentation
 from sparsam.supervised import FineTuneConfig, FineTuneTrainer
-from sparsam.supervised.trainer import balanced_accuracy
+from sparsam.supervised.trainer import ClassifierModel, balanced_accuracy
 
 # The conftest's small XCiT (BatchNorm, drop-path 0.2, depth 2) as a classifier: 40 images,
 # 12 of them validation, 28 in batches of 8 = 4 steps per epoch.
@@ -136,6 +137,24 @@ def test_one_label_per_class_trains_every_epoch_on_all_labels_and_says_so(tiny_i
 # --- training ----------------------------------------------------------------------------
 
 
+def test_the_training_loss_is_the_class_weighted_cross_entropy():
+    trainer = scripted_trainer([], patience=None)
+    generator = torch.Generator().manual_seed(0)
+    torch.nn.init.normal_(trainer.model.head.weight, std=1.0, generator=generator)
+    crops = torch.randn(6, 3, 16, 16, generator=generator)
+    labels = torch.tensor([0, 0, 0, 0, 0, 1])
+    weights = torch.tensor([0.6, 3.0])
+    trainer.model.train()
+    torch.manual_seed(2)  # the same drop-path draws in both forward passes
+    loss = trainer._forward_backward(crops, labels, weights)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        logits = trainer.model(crops)
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+    torch.testing.assert_close(loss, expected)
+    assert abs(expected - torch.nn.functional.cross_entropy(logits, labels)) > 1e-2
+
+
 def scripted_trainer(scores, patience, epochs=6):
     """A ViT trainer whose validation reports ``scores`` (balanced accuracy) epoch by epoch."""
     torch.manual_seed(0)
@@ -181,6 +200,45 @@ def test_training_stops_after_patience_epochs_without_improvement_and_restores_t
     assert not all(torch.equal(restored[k], snapshots[-1][k]) for k in restored)
 
 
+def test_equal_validation_accuracy_is_broken_by_the_lower_loss(tiny_images, tiny_labels):
+    trainer = scripted_trainer([], patience=None, epochs=4)
+    rows = [(0.5, 1.0), (0.8, 0.9), (0.8, 0.7), (0.8, 0.8)]
+    trainer._validate = lambda *args: dict(
+        zip(("validation_balanced_accuracy", "validation_loss"), rows.pop(0), strict=True)
+    )
+    images = torch.zeros(40, 3, 16, 16, dtype=torch.uint8)
+    trainer.fit(
+        images, torch.as_tensor(tiny_labels), torch.arange(28), torch.arange(28, 40),
+        torch.ones(2), torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert trainer.best_epoch == 2
+
+
+def test_validation_runs_in_eval_mode_and_training_resumes_in_train_mode(tiny_labels):
+    trainer = scripted_trainer([], patience=None)
+    del trainer._validate  # the real one
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.nn.init.normal_(trainer.model.head.weight, generator=torch.Generator().manual_seed(1))
+    trainer.model.train()
+    arguments = (TrainingImages(None, 16, images), torch.as_tensor(tiny_labels),
+                 torch.arange(40), torch.ones(2))  # fmt: skip
+    # Drop-path (0.2) would make two passes differ in train mode.
+    assert trainer._validate(*arguments) == trainer._validate(*arguments)
+    assert trainer.model.training
+
+
+def test_each_fine_tuning_step_sets_weight_decay_on_weights_only(tiny_labels):
+    trainer = scripted_trainer([], patience=None)
+    images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8)
+    trainer.train_step(images, torch.as_tensor(tiny_labels[:8]), torch.ones(2),
+                       torch.Generator().manual_seed(0), 1e-3)  # fmt: skip
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == trainer.config.weight_decay > 0
+    assert no_decay["weight_decay"] == 0.0
+    assert decay["lr"] == no_decay["lr"] == 1e-3
+
+
 def test_the_same_random_state_gives_the_same_model_bit_for_bit(tiny_images, tiny_labels, fitted):
     again = SupervisedClassifier(**XCIT).fit(tiny_images, tiny_labels)
     assert same_model(again, fitted)
@@ -203,6 +261,20 @@ def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
     logits = torch.tensor([[1.0, 0], [1, 0], [1, 0], [0, 1]])
     labels = torch.tensor([0, 0, 1, 1])
     assert balanced_accuracy(logits, labels) == pytest.approx(0.75)
+    # Imbalanced: always predicting the majority is 75 % accurate but 50 % balanced.
+    always_zero = torch.tensor([[1.0, 0]] * 4)
+    assert balanced_accuracy(always_zero, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.5)
+
+
+def test_a_new_head_gives_every_class_equal_odds_and_no_gradient_to_the_backbone():
+    torch.manual_seed(0)
+    backbone = build_backbone(VIT["backbone"], VIT["backbone_kwargs"], None, 16, 0.0)
+    model = ClassifierModel(backbone, 3)
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    logits = model(images)
+    assert torch.equal(logits, torch.zeros(4, 3))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    assert all(p.grad is None or not p.grad.any() for p in backbone.parameters())
 
 
 # --- checkpoints -------------------------------------------------------------------------
@@ -346,7 +418,12 @@ def test_works_in_cross_validate_and_grid_search_with_few_shot_splits(tiny_image
     assert scores["test_score"].shape == (2,)
     search = GridSearchCV(clf, {"lr": [1e-4, 1e-3]}, cv=cv, scoring="balanced_accuracy")
     search.fit(tiny_images, tiny_labels)
-    assert search.best_params_["lr"] in (1e-4, 1e-3)
+    # The search's lr=1e-4 (the classifier's own) scores each split as cross_validate did.
+    first = list(search.cv_results_["params"]).index({"lr": 1e-4})
+    np.testing.assert_array_equal(
+        [search.cv_results_[f"split{i}_test_score"][first] for i in range(2)],
+        scores["test_score"],
+    )
 
 
 def test_few_shot_curve_scores_the_classifier(tiny_images, tiny_labels):
