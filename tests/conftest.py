@@ -3,9 +3,11 @@
 import contextlib
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +168,26 @@ def torchrun_two_processes(arguments: list[str]) -> subprocess.CompletedProcess:
             os.killpg(process.pid, signal.SIGKILL)
             raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="session")
+def executed(tmp_path_factory):
+    """Runs each README block at most once per session: ``executed(block)`` -> its namespace,
+    stdout and warnings (``test_readme.run_block``). Session-wide so that the learning tests
+    reuse the Quickstart's DINO training on the digits instead of training their own."""
+    from test_readme import run_block
+
+    results = {}
+
+    def execute(block):
+        if block.name not in results:
+            # Blocks write relative paths (caches, saved models): into a fresh folder.
+            previous = Path.cwd()
+            os.chdir(tmp_path_factory.mktemp(re.sub(r"[^A-Za-z0-9_-]+", "-", block.name)))
+            try:
+                results[block.name] = run_block(block)
+            finally:
+                os.chdir(previous)
+        return results[block.name]
+
+    return execute

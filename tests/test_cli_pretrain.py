@@ -428,40 +428,64 @@ def test_only_rank_0_writes_the_output_and_prints(image_folder, tmp_path, monkey
     assert not (out / "featurizer.joblib").exists() and not (out / "config.json").exists()
 
 
+# `sparsam pretrain` in a child process that sends itself SIGINT (Ctrl-C) right after its first
+# checkpoint: the interruption lands at the same place on every machine, and a run of a few
+# epochs cannot end before it arrives.
+CTRL_C_AFTER_FIRST_CHECKPOINT = """
+import os, signal, sys
+from sparsam.cli import main
+from sparsam.dino.trainer import DinoTrainer
+
+save = DinoTrainer._save_checkpoint
+sent = []
+
+def save_then_interrupt(self, *args, **kwargs):
+    path = save(self, *args, **kwargs)
+    if path is not None and not sent:
+        sent.append(path)
+        os.kill(os.getpid(), signal.SIGINT)
+    return path
+
+DinoTrainer._save_checkpoint = save_then_interrupt
+sys.exit(main(sys.argv[1:]))
+"""
+CTRL_C_EPOCHS = 4
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(
     image_folder, tmp_path, caplog, monkeypatch
 ):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "model"
     options = list(TINY_OPTIONS)
-    options[options.index("--epochs") + 1] = "40"
-    command = [sys.executable, "-m", "sparsam", "pretrain", str(image_folder), "--out", str(out)]
-    command += [*options, "--checkpoint-every", "2"]
+    options[options.index("--epochs") + 1] = str(CTRL_C_EPOCHS)
+    arguments = ["pretrain", str(image_folder), "--out", str(out), *options]
+    arguments += ["--checkpoint-every", "2"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    process = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AFTER_FIRST_CHECKPOINT, *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
     )
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(out / "checkpoints") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    stderr = process.stderr
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "saved" in stderr and "--resume" in stderr, stderr
     saved = list_checkpoints(out / "checkpoints")[0]
     state = torch.load(saved, weights_only=True)
-    assert state["epoch"] < 39, "interrupted long before the end"
+    # Interrupted right after the checkpoint of step 2: it stopped there, with nothing to add.
+    assert saved.name == "dino_checkpoint_000000002.pt"
+    assert not (out / "featurizer.joblib").exists()
 
     # Resumed, not restarted: the run names the checkpoint and trains only the steps left.
     steps = count_calls(monkeypatch, DinoTrainer, "train_step")
     with caplog.at_level("INFO", logger="sparsam"):
-        code, _, stderr = run([*command[3:], "--resume"])
+        code, _, stderr = run([*arguments, "--resume"])
     assert code == 0, stderr
     assert (out / "featurizer.joblib").is_file()
     resumed = [r.getMessage() for r in caplog.records if "Resuming DINO" in r.getMessage()]
@@ -469,4 +493,4 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(
     steps_per_epoch = N_IMAGES // 8
     # The checkpoint's position: "epoch" epochs done, then "step" steps of the next one.
     done = int(state["epoch"]) * steps_per_epoch + int(state["step"])
-    assert 0 < done and len(steps) == 40 * steps_per_epoch - done
+    assert 0 < done and len(steps) == CTRL_C_EPOCHS * steps_per_epoch - done

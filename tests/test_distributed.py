@@ -1,8 +1,10 @@
 """DINO under torchrun: two gloo processes on the CPU, as NCCL runs them on GPUs.
 
-Each test starts real processes with ``python -m torch.distributed.run`` (torchrun): the small
+The tests start real processes with ``python -m torch.distributed.run`` (torchrun): the small
 XCiT of the conftest (BatchNorm, drop-path 0.2) on the conftest's 40 tiny images, 2 ranks x 8
-images per step, 2 epochs of 2 steps each.
+images per step, 2 epochs of 2 steps each. One launch fits several runs in turn (each process
+imports torch once): the uninterrupted run, the run without checkpoints and the run killed
+mid-epoch share one; the resumed run needs a second.
 """
 
 import json
@@ -34,8 +36,7 @@ RANK_SCRIPT = textwrap.dedent(
     from sparsam.dino.distributed import init_from_environment, rank
 
     init_from_environment("cpu")
-    out, params, kill_at = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    record = {"lr": [], "batches": []}
+    record = {}
     train_step = DinoTrainer.train_step
 
     def recording_step(self, images, generator, epoch, values):
@@ -57,59 +58,63 @@ RANK_SCRIPT = textwrap.dedent(
     import sparsam.dino.trainer as trainer_module
 
     atomic_write = trainer_module.atomic_write
-    record["written"] = []
 
     def recording_write(path, *args, **kwargs):
         record["written"].append(os.path.basename(path))
         return atomic_write(path, *args, **kwargs)
 
     trainer_module.atomic_write = recording_write
-    if kill_at is not None:
-        save = DinoTrainer._save_checkpoint
+    save = DinoTrainer._save_checkpoint
+    kill_at = None
 
-        def save_then_die(self, position, *args, **kwargs):
-            path = save(self, position, *args, **kwargs)
-            if rank() == 0 and [position.epoch, position.step] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return path
+    def save_then_die(self, position, *args, **kwargs):
+        path = save(self, position, *args, **kwargs)
+        if rank() == 0 and [position.epoch, position.step] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
 
-        DinoTrainer._save_checkpoint = save_then_die
+    DinoTrainer._save_checkpoint = save_then_die
     rng = np.random.default_rng(0)
     images = rng.integers(0, 128, size=(40, 12, 12), dtype=np.uint8)
     images[20:] += 128
-    featurizer = DinoFeaturizer(**params).fit(images)
-    state = {"teacher": featurizer.backbone_.state_dict(), "history": featurizer.history_}
-    torch.save(state, os.path.join(out, f"rank{rank()}.pt"))
-    with open(os.path.join(out, f"rank{rank()}.json"), "w") as file:
-        json.dump(record, file)
-    if rank() == 0:
-        save_backbone(featurizer.backbone_, os.path.join(out, "backbone"))
+    # Every run in turn: {"out": folder, "params": DinoFeaturizer's, "kill_at": [epoch, step]}.
+    for run in json.loads(sys.argv[1]):
+        out, kill_at = run["out"], run.get("kill_at")
+        record.clear()
+        record.update(lr=[], batches=[], written=[])
+        featurizer = DinoFeaturizer(**run["params"]).fit(images)
+        state = {"teacher": featurizer.backbone_.state_dict(), "history": featurizer.history_}
+        torch.save(state, os.path.join(out, f"rank{rank()}.pt"))
+        with open(os.path.join(out, f"rank{rank()}.json"), "w") as file:
+            json.dump(record, file)
+        if rank() == 0:
+            save_backbone(featurizer.backbone_, os.path.join(out, "backbone"))
     dist.destroy_process_group()
     """
 )
 
 
-def torchrun(tmp_path, name, params, kill_at=None):
-    """Run RANK_SCRIPT in 2 gloo processes; their outputs go to tmp_path/name."""
-    out = tmp_path / name
-    out.mkdir()
+def torchrun(tmp_path, runs):
+    """Fit ``runs`` ({name: (params, kill_at)}) in turn in one launch of 2 gloo processes.
+
+    Returns the launch's result and each run's output folder, tmp_path/name.
+    """
+    outs = {name: tmp_path / name for name in runs}
+    for out in outs.values():
+        out.mkdir()
     script = tmp_path / "rank_script.py"
     script.write_text(RANK_SCRIPT)
+    plan = [
+        {"out": str(outs[name]), "params": params, "kill_at": kill_at}
+        for name, (params, kill_at) in runs.items()
+    ]
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(script),
-        str(out),
-        json.dumps(params),
-        json.dumps(kill_at),
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
+        *(str(script), json.dumps(plan)),
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
-    return result, out
+    return result, outs
 
 
 def params_for(small_xcit_params, **changes):
@@ -119,16 +124,29 @@ def params_for(small_xcit_params, **changes):
 
 
 @pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory):
-    """An uninterrupted 2-rank run with checkpoints after every step."""
+def launch(tmp_path_factory):
+    """One launch: the uninterrupted run with checkpoints after every step, the same run
+    without checkpoints, and the same run killed (SIGKILL, rank 0) after its checkpoint of
+    epoch 1, step 1, which ends the launch."""
     from conftest import SMALL_XCIT_PARAMS
 
     tmp_path = tmp_path_factory.mktemp("distributed")
     params = params_for(SMALL_XCIT_PARAMS, checkpoint_every=1)
-    params["checkpoint_dir"] = str(tmp_path / "checkpoints")
-    result, out = torchrun(tmp_path, "uninterrupted", params)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return params, out
+    runs = {
+        "uninterrupted": ({**params, "checkpoint_dir": str(tmp_path / "checkpoints")}, None),
+        "without_checkpoints": ({**params, "checkpoint_dir": None, "checkpoint_every": None}, None),
+        "killed": ({**params, "checkpoint_dir": str(tmp_path / "killed_checkpoints")}, [1, 1]),
+    }
+    result, outs = torchrun(tmp_path, runs)
+    for name in ("uninterrupted", "without_checkpoints"):
+        assert (outs[name] / "rank1.json").is_file(), result.stderr[-3000:]
+    return {"result": result, "outs": outs, "params": {n: p for n, (p, _) in runs.items()}}
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(launch):
+    """The uninterrupted run's parameters and output folder."""
+    return launch["params"]["uninterrupted"], launch["outs"]["uninterrupted"]
 
 
 def load_rank(out, rank):
@@ -198,36 +216,29 @@ def test_only_rank_0_writes_checkpoints(two_rank_run):
     assert names == [f"dino_checkpoint_{step:09d}.pt" for step in (2, 3, 4)]
 
 
-def test_checkpoints_do_not_change_the_model(two_rank_run, tmp_path):
+def test_checkpoints_do_not_change_the_model(launch):
     # Per-rank BatchNorm statistics (no SyncBatchNorm on the CPU) must not be merged only when
     # a checkpoint is written: the run without checkpoints ends with the same teacher.
-    params, with_checkpoints = two_rank_run
-    params = {**params, "checkpoint_dir": None, "checkpoint_every": None}
-    result, out = torchrun(tmp_path, "without_checkpoints", params)
-    assert result.returncode == 0, result.stderr[-3000:]
-    expected, _ = load_rank(with_checkpoints, 0)
+    expected, _ = load_rank(launch["outs"]["uninterrupted"], 0)
     for rank in (0, 1):
-        state, _ = load_rank(out, rank)
+        state, _ = load_rank(launch["outs"]["without_checkpoints"], rank)
         for name, tensor in state["teacher"].items():
             assert torch.equal(tensor, expected["teacher"][name]), name
 
 
-def test_two_rank_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(
-    two_rank_run, tmp_path
-):
-    params, uninterrupted = two_rank_run
-    params = {**params, "checkpoint_dir": str(tmp_path / "checkpoints")}
-    killed, _ = torchrun(tmp_path, "killed", params, kill_at=[1, 1])
+def test_two_rank_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(launch, tmp_path):
+    killed = launch["result"]
     assert killed.returncode != 0
     assert "SIGKILL" in killed.stderr or str(-signal.SIGKILL) in killed.stderr, killed.stderr[
         -2000:
     ]
-    resumed, out = torchrun(tmp_path, "resumed", params)
+    assert not (launch["outs"]["killed"] / "rank0.pt").exists()
+    resumed, outs = torchrun(tmp_path, {"resumed": (launch["params"]["killed"], None)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for rank in (0, 1):
-        state, record = load_rank(out, rank)
+        state, record = load_rank(outs["resumed"], rank)
         assert len(record["lr"]) == 1, "only the step after the kill is trained again"
-        expected, _ = load_rank(uninterrupted, rank)
+        expected, _ = load_rank(launch["outs"]["uninterrupted"], rank)
         for name, tensor in state["teacher"].items():
             assert torch.equal(tensor, expected["teacher"][name]), name
         np.testing.assert_array_equal(state["history"]["loss"], expected["history"]["loss"])

@@ -12,7 +12,6 @@ import ast
 import contextlib
 import inspect
 import io
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -108,25 +107,6 @@ def run_block(block: Block) -> tuple[dict, str, list[warnings.WarningMessage]]:
         exec(compile(block.source, block_filename(block), "exec"), namespace)
     print(output.getvalue())  # shown by pytest -s and on failure
     return namespace, output.getvalue(), caught
-
-
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    """Runs each block at most once per module: ``executed(block)`` -> run_block's result."""
-    results = {}
-
-    def execute(block: Block):
-        if block.name not in results:
-            # Blocks write relative paths (caches, saved models): into a fresh folder.
-            previous = Path.cwd()
-            os.chdir(tmp_path_factory.mktemp(re.sub(r"[^A-Za-z0-9_-]+", "-", block.name)))
-            try:
-                results[block.name] = run_block(block)
-            finally:
-                os.chdir(previous)
-        return results[block.name]
-
-    return execute
 
 
 @pytest.fixture(autouse=True)
