@@ -40,8 +40,8 @@ from sparsam.recipes import DIGITS_RECIPE
 def digits_recipe(epochs: int, random_state: int) -> dict:
     """``DIGITS_RECIPE`` cut to ``epochs``, as in the README's Quickstart.
 
-    The warm-up is a quarter of the epochs (at most the recipe's 10), and runs shorter than the
-    recipe's 60 epochs use a sharper teacher (temperature 0.02), which learns sooner.
+    The warm-up is a quarter of the epochs (at most the recipe's 20), and runs shorter than the
+    recipe's 120 epochs use a sharper teacher (temperature 0.02), which learns sooner.
     """
     return {
         **DIGITS_RECIPE,

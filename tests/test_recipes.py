@@ -21,7 +21,7 @@ def test_larger_images_train_at_32_pixels_with_16_tokens():
     assert params["local_crop_size"] == 16
 
 
-@pytest.mark.parametrize(("n_images", "epochs"), [(1797, 60), (2400, 46), (100, 300), (10**6, 10)])
+@pytest.mark.parametrize(("n_images", "epochs"), [(1797, 120), (2400, 91), (100, 300), (10**6, 10)])
 def test_epochs_aim_at_a_fixed_number_of_steps(n_images, epochs):
     assert small_data_recipe(image_size=32, n_images=n_images)["epochs"] == epochs
 
@@ -52,4 +52,4 @@ def test_a_featurizer_trains_with_the_recipe(tiny_images):
 
 def test_the_demo_recipe_is_the_small_data_recipe_of_the_digits():
     assert DIGITS_RECIPE == small_data_recipe(image_size=8, n_images=1797)
-    assert DIGITS_RECIPE["epochs"] == 60
+    assert DIGITS_RECIPE["epochs"] == 120
