@@ -10,7 +10,7 @@ class, balanced accuracy):
 
 - raw pixels; the untrained backbone and DINO's last epoch (read from its last checkpoint)
   under every read-out (``pooling`` x ``n_last_blocks``);
-- the snapshot ``fit`` chose with those labels (default read-out).
+- the snapshot ``fit`` chose with those labels (the recipe's read-out).
 
 Then, for every read-out, its score on each data set when the read-out is chosen on the
 other four (leave one data set out), and the issue's targets. Every score goes to ``--log``
@@ -123,7 +123,8 @@ def run(dataset: str, args: argparse.Namespace) -> list[dict]:
     rows.append(
         {
             "arm": "DINO, snapshot chosen by 10 labels per class",
-            "readout": "cls/1",
+            # The recipe's read-out (set_params above changed only the other two featurizers).
+            "readout": f"{chosen.pooling}/{chosen.n_last_blocks}",
             "selected_epoch": chosen.selected_epoch_,
             "epochs": params["epochs"],
             "selection_scores": [

@@ -28,7 +28,7 @@ __all__ = ["DIGITS_RECIPE", "small_data_recipe"]
 # recipe aims at this many optimiser steps whatever the number of images (120 epochs of
 # digits). Chosen leave-one-data-set-out among 840, 1,680 and 3,360 steps
 # (benchmarks/recipe_ablations.py): 3,360 was the best on the other four data sets for every
-# held-out one, and the only count at which DINO beat raw pixels on the digits.
+# held-out one, and the only count at which DINO drew level with raw pixels on the digits.
 TARGET_STEPS = 3360
 BATCH_SIZE = 64
 
