@@ -48,7 +48,6 @@ from sparsam.recipes import small_data_recipe
 
 N_PER_CLASS = (1, 5, 10, 25)
 READOUTS = [("cls", 1), ("mean", 1), ("cls+mean", 1), ("cls", 4), ("cls+mean", 4)]
-DEFAULT = ("cls", 1)
 DEFAULT_LOG = Path(__file__).with_name("readout_suite_runs.jsonl")
 MAKERS = {
     "cytology": make_cytology,

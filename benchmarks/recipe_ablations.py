@@ -41,7 +41,6 @@ DATASETS = ["digits", *MAKERS]
 # name: (changes to the recipe, fraction of the recipe's steps)
 ARMS: dict[str, tuple[dict, float]] = {
     "recipe": ({}, 0.5),
-    "recipe, 1/4 of the steps": ({}, 0.25),
     "recipe, all steps": ({}, 1.0),
     "recipe, twice the steps": ({}, 2.0),
     "teacher temperature 0.07": ({"teacher_temperature": 0.07}, 0.5),

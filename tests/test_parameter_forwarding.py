@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sparsam import DinoFeaturizer, SupervisedClassifier
+from sparsam.dino import TrainingConfig
 from sparsam.dino.trainer import DinoTrainer, _schedules
 from sparsam.supervised.trainer import FineTuneTrainer
 
@@ -127,7 +128,6 @@ SUPERVISED = {
     "blur": (0.25, augmentation("blur_p")),
     "drop_path_rate": (0.3, lambda s: max(drop_probabilities(s.trainer.model.backbone))),
     "precision": ("bf16", lambda s: s.trainer.autocast_dtype),
-    "checkpoint_dir": (None, None),  # replaced in the test by a temporary directory
 }
 SUPERVISED_EXPECTED = {
     "validation_fraction": 8,
@@ -155,54 +155,54 @@ CHECKED_ELSEWHERE = {
 )
 def test_every_parameter_is_checked(estimator, table):
     parameters = set(inspect.signature(estimator).parameters)
-    assert parameters - CHECKED_ELSEWHERE == set(table) - {"checkpoint_dir"}
+    assert parameters - CHECKED_ELSEWHERE == set(table)
+
+
+def reaches_the_trainer(started, estimator, table, expected, params, name, *data):
+    """Fit ``estimator`` with ``name`` at its table value; the trainer must hold ``expected``."""
+    value, read = table[name]
+    assert value != inspect.signature(estimator).parameters[name].default
+    result = started(estimator(**{**params, name: value}), *data)
+    assert read(result) == expected.get(name, value)
+
+
+def two_block_vit(tiny_params):
+    return {**tiny_params["backbone_kwargs"], "depth": 2}
 
 
 @pytest.mark.parametrize("name", sorted(DINO))
 def test_dino_featurizer_parameter_reaches_the_trainer(name, tiny_params, tiny_images, started):
-    value, read = DINO[name]
-    default = inspect.signature(DinoFeaturizer).parameters[name].default
-    assert value != default
-    params = {**tiny_params, "backbone_kwargs": {**tiny_params["backbone_kwargs"], "depth": 2}}
-    result = started(DinoFeaturizer(**{**params, name: value}), tiny_images)
-    assert read(result) == EXPECTED.get(name, value)
+    params = {**tiny_params, "backbone_kwargs": two_block_vit(tiny_params)}
+    reaches_the_trainer(started, DinoFeaturizer, DINO, EXPECTED, params, name, tiny_images)
 
 
-@pytest.mark.parametrize("name", sorted(set(SUPERVISED) - {"checkpoint_dir"}))
+@pytest.mark.parametrize("name", sorted(SUPERVISED))
 def test_supervised_classifier_parameter_reaches_the_trainer(
     name, tiny_params, tiny_images, tiny_labels, started
 ):
-    value, read = SUPERVISED[name]
-    default = inspect.signature(SupervisedClassifier).parameters[name].default
-    assert value != default
     params = {
         "backbone": tiny_params["backbone"],
-        "backbone_kwargs": {**tiny_params["backbone_kwargs"], "depth": 2},
+        "backbone_kwargs": two_block_vit(tiny_params),
         "image_size": 16,
         "epochs": 1,
         "random_state": 0,
         "verbose": 0,
     }
-    result = started(SupervisedClassifier(**{**params, name: value}), tiny_images, tiny_labels)
-    assert read(result) == SUPERVISED_EXPECTED.get(name, value)
+    reaches_the_trainer(
+        started, SupervisedClassifier, SUPERVISED, SUPERVISED_EXPECTED, params, name,
+        tiny_images, tiny_labels,
+    )  # fmt: skip
 
 
 def test_schedules_end_where_the_parameters_say():
-    from sparsam.dino import TrainingConfig
-
-    values = DINO
+    names = ("lr", "min_lr", "weight_decay", "weight_decay_end", "teacher_momentum",
+             "teacher_temperature", "warmup_teacher_temperature")  # fmt: skip
     config = TrainingConfig(
         epochs=4,
         batch_size=64,
-        lr=values["lr"][0],
-        min_lr=values["min_lr"][0],
         warmup_epochs=1,
-        weight_decay=values["weight_decay"][0],
-        weight_decay_end=values["weight_decay_end"][0],
-        teacher_momentum=values["teacher_momentum"][0],
-        teacher_temperature=values["teacher_temperature"][0],
-        warmup_teacher_temperature=values["warmup_teacher_temperature"][0],
         warmup_teacher_temperature_epochs=2,
+        **{name: DINO[name][0] for name in names},
     )
     schedules = _schedules(config, global_batch=256, steps_per_epoch=5)
     assert schedules["lr"][5] == pytest.approx(1e-3)  # after one epoch of warm-up; batch 256
