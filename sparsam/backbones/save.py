@@ -47,7 +47,7 @@ from huggingface_hub.utils import (
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from ._files import replace_files
+from .._files import replace_files
 
 __all__ = [
     "PRETRAINED_BACKBONES",
