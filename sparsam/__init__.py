@@ -4,18 +4,12 @@ Packages the method of Nielsen et al., "Self-Supervision for Medical Image Class
 (Bioengineering 2023) as scikit-learn estimators.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import datasets
 from .backbones import load_backbone, push_backbone, save_backbone
 from .classifier import SupervisedClassifier
 from .featurizer import DinoFeaturizer
 from .model_selection import FewShotSplit, few_shot_curve
-
-try:
-    __version__ = version("sparsam")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from .version import __version__
 
 __all__ = [
     "DinoFeaturizer",

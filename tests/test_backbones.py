@@ -20,7 +20,8 @@ from huggingface_hub.utils import RepositoryNotFoundError, RevisionNotFoundError
 from sklearn.exceptions import NotFittedError
 
 import sparsam
-import sparsam.backbones
+import sparsam.backbones.hub_download
+import sparsam.backbones.push
 from sparsam.backbones import (
     PRETRAINED_BACKBONES,
     BackboneNotFoundError,
@@ -452,7 +453,7 @@ def test_hub_errors_become_backbone_not_found_errors(monkeypatch, hub_error, exp
     def answer(*args, **kwargs):
         raise hub_error("404 Client Error", response=SimpleNamespace(headers={}, request=None))
 
-    monkeypatch.setattr(sparsam.backbones, "hf_hub_download", answer)
+    monkeypatch.setattr(sparsam.backbones.hub_download, "hf_hub_download", answer)
     with pytest.raises(BackboneNotFoundError, match=expected) as error:
         load_backbone(f"hf-hub:{REPO_ID}@v9")
     assert REPO_ID in str(error.value) and "Cache searched" in str(error.value)
@@ -674,7 +675,7 @@ class FakeHfApi:
 
 @pytest.fixture
 def fake_hub_api(monkeypatch, tmp_path):
-    monkeypatch.setattr(sparsam.backbones, "HfApi", FakeHfApi)
+    monkeypatch.setattr(sparsam.backbones.push, "HfApi", FakeHfApi)
     FakeHfApi.calls = []
     FakeHfApi.hub_files = {}
     FakeHfApi.download_dir = tmp_path / "downloaded"
@@ -919,7 +920,7 @@ def test_load_backbone_passes_its_token_to_the_hub(saved, monkeypatch):
         received.append(kwargs["token"])
         return str(saved / filename)
 
-    monkeypatch.setattr(sparsam.backbones, "hf_hub_download", download)
+    monkeypatch.setattr(sparsam.backbones.hub_download, "hf_hub_download", download)
     load_backbone(f"hf-hub:{REPO_ID}", token="hf_secret")
     assert received == ["hf_secret", "hf_secret"]
 
