@@ -1,67 +1,277 @@
-"""What sparsam's estimators share: devices, backbones, decoding, batched inference, logging.
+"""What sparsam's estimators share: their base class, devices, backbones, decoding, inference.
 
-`DinoFeaturizer` and `SupervisedClassifier` read their parameters the same way (a timm name or
-saved weights, a device, a precision, workers, verbosity); these functions give both one answer.
+`DinoFeaturizer` and `SupervisedClassifier` train a timm backbone on images with the same
+augmentation and optimiser parameters and read them the same way (a timm name or saved weights,
+a device, a precision, workers, verbosity). `ImageEstimator` holds what both do with those
+parameters (validation, seeding, devices, progress, tags, pickling); the functions below give
+both, and the snapshot scorer of `sparsam.selection`, one answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from tqdm.auto import tqdm
 
 from .backbones import create_backbone, load_backbone
 from .data import ImageSource, iter_batches
 from .data.training import TrainingImages, training_images
+from .dino.augment import MultiCropAugmentation
 from .dino.trainer import resolve_precision
 
 __all__ = [
-    "SHARED_PARAMETER_CONSTRAINTS",
+    "ImageEstimator",
     "batched_outputs",
     "build_backbone",
+    "check_one_label_per_image",
     "check_patch_multiples",
     "decode_training_images",
+    "draw_seed",
+    "per_crop",
     "printed_log_lines",
     "resolve_device",
+    "seeded_torch",
     "validate_backbone_kwargs",
 ]
 
-# Parameters both estimators take, with the same meaning (scikit-learn's declarative checks).
-SHARED_PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {
-    "backbone": [str],
-    "backbone_kwargs": [dict, None],
-    "batch_size": [Interval(Integral, 1, None, closed="left")],
-    "image_size": [Interval(Integral, 1, None, closed="left"), None],
-    "horizontal_flip": [Interval(Real, 0, 1, closed="both")],
-    "vertical_flip": [Interval(Real, 0, 1, closed="both")],
-    "rotation": [Interval(Real, 0, 180, closed="both")],
-    "perspective": [Interval(Real, 0, 1, closed="both")],
-    "color_jitter": [tuple, list],
-    "grayscale": [Interval(Real, 0, 1, closed="both")],
-    "lr": [Interval(Real, 0, None, closed="neither")],
-    "min_lr": [Interval(Real, 0, None, closed="left")],
-    "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
-    "weight_decay": [Interval(Real, 0, None, closed="left")],
-    "drop_path_rate": [Interval(Real, 0, 1, closed="left")],
-    "device": [str, torch.device],
-    "precision": [StrOptions({"auto", "fp32", "bf16"})],
-    "compile": ["boolean", StrOptions({"auto"})],
-    "num_workers": [Interval(Integral, 0, None, closed="left")],
-    "in_memory": ["boolean", StrOptions({"auto"})],
-    "checkpoint_dir": [str, os.PathLike, None],
-    "random_state": ["random_state"],
-    "verbose": ["verbose"],
-}
+# A probability of every crop, or one per crop: first global, second global, local crops.
+PER_CROP_PROBABILITY = [Interval(Real, 0, 1, closed="both"), tuple, list]
+
+
+class ImageEstimator(BaseEstimator):
+    """The scaffolding of sparsam's estimators, which train a timm backbone on images.
+
+    It declares the constraints of the parameters `DinoFeaturizer` and `SupervisedClassifier`
+    share (same name, type and meaning in both) and does, for both, what ``fit`` does with
+    them before and around training: validation, seeding (`draw_seed`, `seeded_torch`), the
+    device, the starting backbone, the augmentation's shared part, decoding, the epoch bar
+    and log lines, batched inference, tags and pickling.
+
+    A subclass stores its ``__init__`` arguments with `_store_parameters`, extends
+    ``_parameter_constraints``, names its crop-scale parameters (``_crop_scale_names``) and
+    the attribute that holds its fitted network (``_fitted_module``), says what the epoch bar
+    shows (`_epoch_postfix`) and assigns its fitted attributes with `_set_fitted` once
+    training has succeeded.
+    """
+
+    # scikit-learn's declarative checks of the shared parameters, run by _validate_params.
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "backbone": [str],
+        "backbone_kwargs": [dict, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "image_size": [Interval(Integral, 1, None, closed="left"), None],
+        "horizontal_flip": [Interval(Real, 0, 1, closed="both")],
+        "vertical_flip": [Interval(Real, 0, 1, closed="both")],
+        "rotation": [Interval(Real, 0, 180, closed="both")],
+        "perspective": [Interval(Real, 0, 1, closed="both")],
+        "perspective_p": PER_CROP_PROBABILITY,
+        "color_jitter": [tuple, list],
+        "grayscale": [Interval(Real, 0, 1, closed="both")],
+        "blur": PER_CROP_PROBABILITY,
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "min_lr": [Interval(Real, 0, None, closed="left")],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "drop_path_rate": [Interval(Real, 0, 1, closed="left")],
+        "device": [str, torch.device],
+        "precision": [StrOptions({"auto", "fp32", "bf16"})],
+        "compile": ["boolean", StrOptions({"auto"})],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "in_memory": ["boolean", StrOptions({"auto"})],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+    # The (low, high) area ranges of the crops, checked by _validate_tuples.
+    _crop_scale_names: ClassVar[tuple[str, ...]] = ()
+    # The fitted network, moved to the CPU when pickled.
+    _fitted_module: ClassVar[str] = ""
+
+    def _store_parameters(self, arguments: dict[str, Any]) -> None:
+        """Store every ``__init__`` argument under its own name, and nothing else.
+
+        scikit-learn's convention (``get_params``, ``clone``): ``__init__`` only stores its
+        arguments, unchecked; ``fit`` validates them. ``arguments`` is ``locals()`` taken first
+        thing in ``__init__``, so it holds exactly the signature's parameters and ``self``.
+        """
+        for name, value in arguments.items():
+            if name != "self":
+                setattr(self, name, value)
+
+    def _check_parameters(self) -> torch.device:
+        """Validate the parameters before anything is built; the device to train on."""
+        self._validate_params()
+        self._validate_tuples()
+        device = self._resolve_device()
+        validate_backbone_kwargs(self.backbone_kwargs)
+        return device
+
+    def _validate_tuples(self) -> None:
+        """What the declared constraints cannot say: the lengths and ranges of tuples."""
+        for name in self._crop_scale_names:
+            value = getattr(self, name)
+            if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+                raise ValueError(
+                    f"{name} must be (low, high) with 0 < low <= high <= 1, got {value!r}."
+                )
+        lengths = {"color_jitter": 4, "blur": 3, "perspective_p": 3}
+        # A single probability of blur or perspective was checked by its constraint.
+        sequences = {
+            name: getattr(self, name)
+            for name in lengths
+            if isinstance(getattr(self, name), (tuple, list))
+        }
+        for name, value in sequences.items():
+            if len(value) != lengths[name] or any(not 0 <= float(v) for v in value):
+                raise ValueError(
+                    f"{name} must be {lengths[name]} non-negative numbers, got {value!r}."
+                )
+        for name in ("blur", "perspective_p"):
+            if name in sequences and any(float(v) > 1 for v in sequences[name]):
+                raise ValueError(f"{name} holds probabilities in [0, 1], got {sequences[name]!r}.")
+
+    def _resolve_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _build_backbone(self, pretrained: Any) -> torch.nn.Module:
+        """The starting backbone of ``backbone``, ``backbone_kwargs`` and ``pretrained``."""
+        return build_backbone(
+            self.backbone,
+            self.backbone_kwargs,
+            pretrained,
+            self.image_size,
+            self.drop_path_rate,
+        )
+
+    def _augmentation(self, data_config: dict[str, Any], **crops: Any) -> MultiCropAugmentation:
+        """The augmentation of the shared parameters; ``crops`` are the subclass's crop settings.
+
+        Global crops have the training size ``data_config["image_size"]``.
+        """
+        return MultiCropAugmentation(
+            global_crop_size=data_config["image_size"],
+            horizontal_flip=self.horizontal_flip,
+            vertical_flip=self.vertical_flip,
+            rotation=self.rotation,
+            perspective=self.perspective,
+            perspective_p=per_crop(self.perspective_p),
+            color_jitter=tuple(self.color_jitter),
+            grayscale_p=self.grayscale,
+            blur_p=per_crop(self.blur),
+            mean=data_config["mean"],
+            std=data_config["std"],
+            **crops,
+        )
+
+    def _decode_training_images(
+        self, source: ImageSource, image_size: int, device: torch.device
+    ) -> TrainingImages:
+        return decode_training_images(
+            source,
+            image_size,
+            self.in_memory,
+            self.batch_size,
+            self.num_workers,
+            device,
+            self.verbose,
+        )
+
+    @contextlib.contextmanager
+    def _training_progress(
+        self, description: str
+    ) -> Iterator[Callable[[int, dict[str, float]], None]]:
+        """Inside, the epoch bar and (``verbose >= 2``) log lines; yields ``progress``.
+
+        ``progress(epoch, row)`` is what the trainers call after every epoch.
+        """
+        with (
+            printed_log_lines(self.verbose),
+            tqdm(
+                total=self.epochs, desc=description, unit="epoch", disable=not self.verbose
+            ) as bar,
+        ):
+
+            def progress(epoch: int, row: dict[str, float]) -> None:
+                bar.n = epoch + 1
+                bar.set_postfix(**self._epoch_postfix(row))
+
+            yield progress
+
+    def _epoch_postfix(self, row: dict[str, float]) -> dict[str, str]:
+        """What the epoch bar shows of an epoch's ``history_`` row."""
+        return {"loss": f"{row['loss']:.3f}"}
+
+    def _inference_options(self) -> dict[str, Any]:
+        """The keywords of `batched_outputs` that the parameters set (transform, predict)."""
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "device": self._resolve_device(),
+            "precision": self.precision,
+            "verbose": self.verbose,
+        }
+
+    def _set_fitted(self, **attributes: Any) -> None:
+        """Assign the fitted attributes together, once ``fit`` has succeeded.
+
+        scikit-learn's rule: a ``fit`` that fails leaves the estimator as it was, so a failed
+        refit never pairs the old network with a new ``data_config_``.
+        """
+        for name, value in attributes.items():
+            setattr(self, name, value)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Images (n, H, W) or (n, H, W, C), never tabular rows.
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
+    def __getstate__(self) -> dict[str, Any]:
+        # On Python >= 3.11 the inherited state is self.__dict__ itself, and Module.to moves
+        # in place: copy both, so that pickling leaves the fitted model where it is.
+        state = dict(super().__getstate__())
+        if self._fitted_module in state:
+            # A model fitted on a GPU must unpickle on a machine without one.
+            state[self._fitted_module] = copy.deepcopy(state[self._fitted_module]).to("cpu")
+        return state
+
+
+def draw_seed(rng: np.random.RandomState) -> int:
+    """A seed for torch (or a split) drawn from an estimator's ``random_state``."""
+    return int(rng.randint(np.iinfo(np.int32).max))
+
+
+@contextlib.contextmanager
+def seeded_torch(seed: int) -> Iterator[None]:
+    """Inside, torch's CPU generator starts at ``seed``; outside, the caller's stream goes on."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def per_crop(probability: float | tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """A ``blur`` or ``perspective_p`` parameter as the augmentation's triple.
+
+    A single probability applies to every crop; a triple gives the first global, the second
+    (and any further) global and the local crops their own.
+    """
+    if isinstance(probability, (tuple, list)):
+        return tuple(probability)
+    return (probability,) * 3
+
 
 # The logger of the training loops: one line per epoch, resumption and collapse warnings.
 _logger = logging.getLogger("sparsam")
@@ -122,6 +332,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 "'auto', 'cpu', 'cuda' or 'cuda:N'."
             )
     return resolved
+
+
+def check_one_label_per_image(source: ImageSource, y: np.ndarray, expected: str) -> None:
+    """Refuse labels that do not pair one to one with the images; ``expected`` says how."""
+    if len(y) != len(source):
+        raise ValueError(
+            f"X and y have different lengths: X has {len(source)} images, y has {len(y)} "
+            f"labels; expected {expected}."
+        )
 
 
 def validate_backbone_kwargs(backbone_kwargs: dict[str, Any] | None) -> None:

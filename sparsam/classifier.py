@@ -11,23 +11,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
-from tqdm.auto import tqdm
 
 from ._estimator import (
-    SHARED_PARAMETER_CONSTRAINTS,
+    ImageEstimator,
     batched_outputs,
-    build_backbone,
+    check_one_label_per_image,
     check_patch_multiples,
-    decode_training_images,
-    printed_log_lines,
-    resolve_device,
-    validate_backbone_kwargs,
+    draw_seed,
+    seeded_torch,
 )
 from .backbones import backbone_data_config
 from .data import as_image_source
@@ -42,7 +39,7 @@ from .training.compilation import resolve_compile
 __all__ = ["SupervisedClassifier"]
 
 
-class SupervisedClassifier(ClassifierMixin, BaseEstimator):
+class SupervisedClassifier(ClassifierMixin, ImageEstimator):
     """A timm backbone fine-tuned end to end with a linear head: the paper's supervised baseline.
 
     Nielsen et al. (Bioengineering 2023) compare DINO features + SVM with a network trained
@@ -105,14 +102,16 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         Maximum rotation in degrees.
     perspective : float, default=0.5
         Distortion scale of the random perspective (0 disables it).
-    perspective_p : float, default=0.5
-        Probability of the perspective distortion.
+    perspective_p : float or tuple of 3 float, default=0.5
+        Probability of the perspective distortion. A triple, as `DinoFeaturizer` takes it
+        (first global, second global, local crops), is accepted: the one training crop is a
+        first global crop and uses its first entry.
     color_jitter : tuple of 4 float, default=(0.4, 0.4, 0.2, 0.1)
         Brightness, contrast, saturation, hue, applied with probability 0.8.
     grayscale : float, default=0.2
         Probability of turning a crop gray.
-    blur : float, default=0.5
-        Probability of Gaussian blur.
+    blur : float or tuple of 3 float, default=0.5
+        Probability of Gaussian blur; of a triple (as for ``perspective_p``), the first entry.
     drop_path_rate : float, default=0.1
         Stochastic depth during training.
     device : str, default="auto"
@@ -182,15 +181,15 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        **SHARED_PARAMETER_CONSTRAINTS,
+        **ImageEstimator._parameter_constraints,
         "pretrained": [str, os.PathLike, DinoFeaturizer, torch.nn.Module, None],
         "epochs": [Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "crop_scale": [tuple, list],
-        "perspective_p": [Interval(Real, 0, 1, closed="both")],
-        "blur": [Interval(Real, 0, 1, closed="both")],
     }
+    _crop_scale_names = ("crop_scale",)
+    _fitted_module = "model_"
 
     def __init__(
         self,
@@ -212,10 +211,10 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         vertical_flip: float = 0.5,
         rotation: float = 180.0,
         perspective: float = 0.5,
-        perspective_p: float = 0.5,
+        perspective_p: float | tuple[float, float, float] = 0.5,
         color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
         grayscale: float = 0.2,
-        blur: float = 0.5,
+        blur: float | tuple[float, float, float] = 0.5,
         drop_path_rate: float = 0.1,
         device: str | torch.device = "auto",
         precision: str = "auto",
@@ -226,36 +225,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
     ) -> None:
-        self.backbone = backbone
-        self.backbone_kwargs = backbone_kwargs
-        self.pretrained = pretrained
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.image_size = image_size
-        self.lr = lr
-        self.min_lr = min_lr
-        self.warmup_epochs = warmup_epochs
-        self.weight_decay = weight_decay
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.crop_scale = crop_scale
-        self.horizontal_flip = horizontal_flip
-        self.vertical_flip = vertical_flip
-        self.rotation = rotation
-        self.perspective = perspective
-        self.perspective_p = perspective_p
-        self.color_jitter = color_jitter
-        self.grayscale = grayscale
-        self.blur = blur
-        self.drop_path_rate = drop_path_rate
-        self.device = device
-        self.precision = precision
-        self.compile = compile
-        self.num_workers = num_workers
-        self.in_memory = in_memory
-        self.checkpoint_dir = checkpoint_dir
-        self.random_state = random_state
-        self.verbose = verbose
+        self._store_parameters(locals())
 
     def fit(self, X: Any, y: Any) -> SupervisedClassifier:
         """Fine-tune the backbone and a linear head on the labeled images.
@@ -272,47 +242,23 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : SupervisedClassifier
         """
-        self._validate_params()
-        self._validate_tuples()
-        device = resolve_device(self.device)
-        validate_backbone_kwargs(self.backbone_kwargs)
+        device = self._check_parameters()
         # The labels first: they are cheap to check, and a wrong target is the likelier mistake.
-        y = column_or_1d(np.asarray(y), warn=True)
-        check_class_labels(y)
-        check_classification_targets(y)
-        labeled = np.flatnonzero(labeled_mask(y))
-        if len(labeled) < len(y):
-            warnings.warn(
-                f"{len(y) - len(labeled)} of {len(y)} images are labeled -1 (unlabeled) and are "
-                "left out of supervised training.",
-                UserWarning,
-                stacklevel=2,
-            )
-        classes, encoded = np.unique(y[labeled], return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(
-                f"y has {len(classes)} class(es) among its labeled images; a classifier "
-                "needs at least 2."
-            )
+        y, labeled, classes, encoded = self._labeled_classes(y)
         source = as_image_source(X)
-        if len(y) != len(source):
-            raise ValueError(
-                f"X and y have different lengths: X has {len(source)} images, y has {len(y)} "
-                "labels; expected one label per image."
-            )
+        check_one_label_per_image(source, y, "one label per image")
         rng = check_random_state(self.random_state)
         train, validation = self._split(classes, encoded, rng)
         counts = np.bincount(encoded[train], minlength=len(classes))
         weights = 1.0 / counts
         class_weight = weights * len(classes) / weights.sum()
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            backbone, self.data_config_ = self._starting_backbone()
+        seed = draw_seed(rng)
+        with seeded_torch(seed):
+            backbone, data_config = self._starting_backbone()
             trainer = FineTuneTrainer(
                 backbone,
                 len(classes),
-                self._augmentation(),
+                self._augmentation(data_config),
                 FineTuneConfig(
                     epochs=self.epochs,
                     batch_size=self.batch_size,
@@ -328,33 +274,14 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
                 compile=resolve_compile(self.compile, device),
             )
         check_patch_multiples(
-            backbone, {"image_size": self.data_config_["image_size"]}, self.image_size is not None
+            backbone, {"image_size": data_config["image_size"]}, self.image_size is not None
         )
-        images = decode_training_images(
-            subset_source(source, labeled.tolist()),
-            self.data_config_["image_size"],
-            self.in_memory,
-            self.batch_size,
-            self.num_workers,
-            device,
-            self.verbose,
+        images = self._decode_training_images(
+            subset_source(source, labeled.tolist()), data_config["image_size"], device
         )
         generator = torch.Generator().manual_seed(seed)
-        with (
-            printed_log_lines(self.verbose),
-            tqdm(
-                total=self.epochs, desc="fine-tuning", unit="epoch", disable=not self.verbose
-            ) as bar,
-        ):
-
-            def progress(epoch: int, row: dict[str, float]) -> None:
-                bar.n = epoch + 1
-                shown = {"loss": f"{row['loss']:.3f}"}
-                if "validation_balanced_accuracy" in row:
-                    shown["val_bacc"] = f"{row['validation_balanced_accuracy']:.3f}"
-                bar.set_postfix(shown)
-
-            self.history_ = trainer.fit(
+        with self._training_progress("fine-tuning") as progress:
+            history = trainer.fit(
                 images,
                 torch.as_tensor(encoded),
                 torch.as_tensor(train),
@@ -363,13 +290,45 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
                 generator,
                 progress,
             )
-        self.classes_ = classes
-        self.class_weight_ = class_weight
-        self.model_ = trainer.model.eval().requires_grad_(False)
-        self.best_epoch_ = trainer.best_epoch
-        self.n_iter_ = len(self.history_["loss"])
-        self.early_stopping_ = validation is not None
+        self._set_fitted(
+            classes_=classes,
+            class_weight_=class_weight,
+            model_=trainer.model.eval().requires_grad_(False),
+            best_epoch_=trainer.best_epoch,
+            n_iter_=len(history["loss"]),
+            early_stopping_=validation is not None,
+            history_=history,
+            data_config_=data_config,
+        )
         return self
+
+    def _labeled_classes(self, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``y`` as a 1-D array, the positions of its labeled images, the classes and the
+        labeled images' class indices; refuses targets a classifier cannot learn."""
+        y = column_or_1d(np.asarray(y), warn=True)
+        check_class_labels(y)
+        check_classification_targets(y)
+        labeled = np.flatnonzero(labeled_mask(y))
+        if len(labeled) < len(y):
+            warnings.warn(
+                f"{len(y) - len(labeled)} of {len(y)} images are labeled -1 (unlabeled) and are "
+                "left out of supervised training.",
+                UserWarning,
+                stacklevel=3,
+            )
+        classes, encoded = np.unique(y[labeled], return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y has {len(classes)} class(es) among its labeled images; a classifier "
+                "needs at least 2."
+            )
+        return y, labeled, classes, encoded
+
+    def _epoch_postfix(self, row: dict[str, float]) -> dict[str, str]:
+        shown = super()._epoch_postfix(row)
+        if "validation_balanced_accuracy" in row:
+            shown["val_bacc"] = f"{row['validation_balanced_accuracy']:.3f}"
+        return shown
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The network's logits.
@@ -428,12 +387,8 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
             as_image_source(X),
             self.data_config_,
             len(self.classes_),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            device=resolve_device(self.device),
-            precision=self.precision,
-            verbose=self.verbose,
             description="predicting",
+            **self._inference_options(),
         )
 
     def _split(
@@ -443,7 +398,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         positions = np.arange(len(encoded))
         n_classes = int(encoded.max()) + 1
         counts = np.bincount(encoded, minlength=n_classes)
-        split_seed = rng.randint(np.iinfo(np.int32).max)
+        split_seed = draw_seed(rng)
         if self.validation_fraction is None:
             return positions, None
         if counts.min() < 2:
@@ -476,42 +431,18 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(pretrained, torch.nn.Module):
             backbone = copy.deepcopy(pretrained).requires_grad_(True)
         else:
-            backbone = build_backbone(
-                self.backbone,
-                self.backbone_kwargs,
-                pretrained,
-                self.image_size,
-                self.drop_path_rate,
-            )
+            backbone = self._build_backbone(pretrained)
         return backbone.train(), backbone_data_config(backbone, self.image_size)
 
-    def _validate_tuples(self) -> None:
-        low_high = self.crop_scale
-        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1] <= 1:
-            raise ValueError(
-                f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {low_high!r}."
-            )
-        jitter = self.color_jitter
-        if len(jitter) != 4 or any(not 0 <= float(v) for v in jitter):
-            raise ValueError(f"color_jitter must be 4 non-negative numbers, got {jitter!r}.")
-
-    def _augmentation(self) -> MultiCropAugmentation:
-        return MultiCropAugmentation(
+    def _augmentation(self, data_config: dict[str, Any]) -> MultiCropAugmentation:
+        # One global crop per image, as the first of DINO's global crops: it takes the first
+        # entry of a blur or perspective_p triple.
+        return super()._augmentation(
+            data_config,
             global_crops=1,
             local_crops=0,
-            global_crop_size=self.data_config_["image_size"],
             global_crop_scale=tuple(self.crop_scale),
-            horizontal_flip=self.horizontal_flip,
-            vertical_flip=self.vertical_flip,
-            rotation=self.rotation,
-            perspective=self.perspective,
-            perspective_p=(self.perspective_p,) * 3,
-            color_jitter=tuple(self.color_jitter),
-            grayscale_p=self.grayscale,
-            blur_p=(self.blur,) * 3,
             solarization_p=0.0,
-            mean=self.data_config_["mean"],
-            std=self.data_config_["std"],
         )
 
     def __sklearn_clone__(self) -> SupervisedClassifier:
@@ -524,15 +455,5 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
         tags.classifier_tags.poor_score = True
         return tags
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Copies, so that pickling leaves the fitted model where it is (see DinoFeaturizer).
-        state = dict(super().__getstate__())
-        if "model_" in state:
-            # A model fitted on a GPU must unpickle on a machine without one.
-            state["model_"] = copy.deepcopy(state["model_"]).to("cpu")
-        return state

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import warnings
@@ -13,21 +12,18 @@ from typing import Any, ClassVar
 import joblib
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
-from tqdm.auto import tqdm
 
 from ._estimator import (
-    SHARED_PARAMETER_CONSTRAINTS,
+    ImageEstimator,
     batched_outputs,
-    build_backbone,
+    check_one_label_per_image,
     check_patch_multiples,
-    decode_training_images,
-    printed_log_lines,
-    resolve_device,
-    validate_backbone_kwargs,
+    draw_seed,
+    seeded_torch,
 )
 from .backbones import backbone_data_config
 from .data import ImageSource, as_image_source, load_images
@@ -39,7 +35,6 @@ from .data.cache import (
     subset_source,
     weights_digest,
 )
-from .data.training import TrainingImages
 from .dino import distributed
 from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
@@ -53,7 +48,7 @@ from .training.compilation import resolve_compile
 __all__ = ["DinoFeaturizer"]
 
 
-class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEstimator):
     """Vision-transformer features learned with DINO on unlabeled images.
 
     ``fit`` trains a timm backbone by self-distillation without labels (DINO; Caron et al.
@@ -105,15 +100,16 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     perspective : float, default=0.5
         Distortion scale of the random perspective (0 disables it), as in the original
         sparsam recipe.
-    perspective_p : tuple of 3 float, default=(0.75, 0.5, 0.5)
+    perspective_p : float or tuple of 3 float, default=(0.75, 0.5, 0.5)
         Perspective probability of the first global, second global and local crops (the
-        original sparsam recipe).
+        original sparsam recipe); a float gives every crop the same probability.
     color_jitter : tuple of 4 float, default=(0.4, 0.4, 0.2, 0.1)
         Brightness, contrast, saturation, hue, applied with probability 0.8.
     grayscale : float, default=0.2
         Probability of turning a crop gray.
-    blur : tuple of 3 float, default=(1.0, 0.1, 0.5)
-        Gaussian blur probability of the first global, second global and local crops.
+    blur : float or tuple of 3 float, default=(1.0, 0.1, 0.5)
+        Gaussian blur probability of the first global, second global and local crops; a
+        float gives every crop the same probability.
     solarization : float, default=0.2
         Solarisation probability of the second global crop.
     out_dim : int, default=4096
@@ -274,7 +270,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     weights_digest_ : str
         SHA-256 of ``backbone_`` (architecture and state dict) and ``data_config_`` at the
         end of ``fit``; it keys the cache of ``memory``. Delete it after changing
-        ``backbone_`` in place, and ``transform`` computes it afresh.
+        ``backbone_`` in place, and ``transform`` computes it afresh (every call, without
+        storing it: ``transform`` changes no attribute).
 
     Notes
     -----
@@ -298,7 +295,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
-        **SHARED_PARAMETER_CONSTRAINTS,
+        **ImageEstimator._parameter_constraints,
         "pretrained": [str, os.PathLike, None],
         "epochs": [Interval(Integral, 0, None, closed="left")],
         "global_crops": [Interval(Integral, 2, None, closed="left")],
@@ -306,8 +303,6 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "local_crop_size": [Interval(Integral, 1, None, closed="left")],
         "global_crop_scale": [tuple, list],
         "local_crop_scale": [tuple, list],
-        "perspective_p": [tuple, list],
-        "blur": [tuple, list],
         "solarization": [Interval(Real, 0, 1, closed="both")],
         "out_dim": [Interval(Integral, 1, None, closed="left")],
         "head_hidden_dim": [Interval(Integral, 1, None, closed="left")],
@@ -330,6 +325,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
         "memory": [str, os.PathLike, joblib.Memory, None],
     }
+    _crop_scale_names = ("global_crop_scale", "local_crop_scale")
+    _fitted_module = "backbone_"
 
     def __init__(
         self,
@@ -349,10 +346,10 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         vertical_flip: float = 0.5,
         rotation: float = 180.0,
         perspective: float = 0.5,
-        perspective_p: tuple[float, float, float] = (0.75, 0.5, 0.5),
+        perspective_p: float | tuple[float, float, float] = (0.75, 0.5, 0.5),
         color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
         grayscale: float = 0.2,
-        blur: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        blur: float | tuple[float, float, float] = (1.0, 0.1, 0.5),
         solarization: float = 0.2,
         out_dim: int = 4096,
         head_hidden_dim: int = 2048,
@@ -388,59 +385,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
     ) -> None:
-        self.backbone = backbone
-        self.backbone_kwargs = backbone_kwargs
-        self.pretrained = pretrained
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.image_size = image_size
-        self.global_crops = global_crops
-        self.local_crops = local_crops
-        self.local_crop_size = local_crop_size
-        self.global_crop_scale = global_crop_scale
-        self.local_crop_scale = local_crop_scale
-        self.horizontal_flip = horizontal_flip
-        self.vertical_flip = vertical_flip
-        self.rotation = rotation
-        self.perspective = perspective
-        self.perspective_p = perspective_p
-        self.color_jitter = color_jitter
-        self.grayscale = grayscale
-        self.blur = blur
-        self.solarization = solarization
-        self.out_dim = out_dim
-        self.head_hidden_dim = head_hidden_dim
-        self.head_bottleneck_dim = head_bottleneck_dim
-        self.head_layers = head_layers
-        self.student_temperature = student_temperature
-        self.teacher_temperature = teacher_temperature
-        self.warmup_teacher_temperature = warmup_teacher_temperature
-        self.warmup_teacher_temperature_epochs = warmup_teacher_temperature_epochs
-        self.teacher_momentum = teacher_momentum
-        self.center_momentum = center_momentum
-        self.lr = lr
-        self.min_lr = min_lr
-        self.warmup_epochs = warmup_epochs
-        self.weight_decay = weight_decay
-        self.weight_decay_end = weight_decay_end
-        self.clip_grad = clip_grad
-        self.clip_grad_mode = clip_grad_mode
-        self.freeze_last_layer_epochs = freeze_last_layer_epochs
-        self.head_warmup_epochs = head_warmup_epochs
-        self.koleo_weight = koleo_weight
-        self.drop_path_rate = drop_path_rate
-        self.pooling = pooling
-        self.n_last_blocks = n_last_blocks
-        self.device = device
-        self.precision = precision
-        self.compile = compile
-        self.num_workers = num_workers
-        self.in_memory = in_memory
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
-        self.memory = memory
-        self.random_state = random_state
-        self.verbose = verbose
+        self._store_parameters(locals())
 
     def fit(self, X: Any, y: Any = None) -> DinoFeaturizer:
         """Train the backbone with DINO on ``X``; labels, if any, only choose the snapshot.
@@ -469,17 +414,13 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         -------
         self : DinoFeaturizer
         """
-        self._validate_params()
-        self._validate_tuples()
-        device = self._resolve_device()
-        self._validate_backbone_kwargs()
+        device = self._check_parameters()
         cache_location(self.memory)
         source = as_image_source(X)
         labeled = self._labeled_images(source, y)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            backbone = self._create_backbone()
+        seed = draw_seed(check_random_state(self.random_state))
+        with seeded_torch(seed):
+            backbone = self._build_backbone(self.pretrained)
             head = DinoHead(
                 backbone.num_features,
                 out_dim=self.out_dim,
@@ -487,11 +428,10 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 bottleneck_dim=self.head_bottleneck_dim,
                 n_layers=self.head_layers,
             )
-        self.data_config_ = backbone_data_config(backbone, self.image_size)
-        self._validate_sizes(backbone)
+        data_config = backbone_data_config(backbone, self.image_size)
+        self._validate_sizes(backbone, data_config)
         # Before training: a read-out the backbone cannot give fails now, not after hours.
         width = self._readout(backbone).width
-        self.history_: dict[str, list[float]] = {}
         if self.epochs == 0:
             if self.pretrained is None:
                 warnings.warn(
@@ -501,14 +441,24 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                     stacklevel=2,
                 )
             teacher = backbone
-            self.initial_rankme_ = math.nan
-            self.initial_selection_score_ = math.nan
-            self.selected_epoch_ = 0
+            training = {
+                "history_": {},
+                "initial_rankme_": math.nan,
+                "initial_selection_score_": math.nan,
+                "selected_epoch_": 0,
+            }
         else:
-            teacher = self._train(backbone, head, source, labeled, device, seed)
-        self.backbone_ = teacher.eval().requires_grad_(False)
-        self.n_features_out_ = width
-        self.weights_digest_ = weights_digest(self.backbone_, self.data_config_)
+            teacher, training = self._train(
+                backbone, head, source, labeled, data_config, device, seed
+            )
+        teacher = teacher.eval().requires_grad_(False)
+        self._set_fitted(
+            backbone_=teacher,
+            data_config_=data_config,
+            n_features_out_=width,
+            weights_digest_=weights_digest(teacher, data_config),
+            **training,
+        )
         return self
 
     def _train(
@@ -517,16 +467,18 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         head: DinoHead,
         source: ImageSource,
         labeled: tuple[np.ndarray, np.ndarray] | None,
+        data_config: dict[str, Any],
         device: torch.device,
         seed: int,
-    ) -> torch.nn.Module:
-        """DINO on ``source``; the teacher backbone (the best snapshot, given labels)."""
-        scorer = self._snapshot_scorer(source, labeled, device)
+    ) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """DINO on ``source``: the teacher backbone (the best snapshot, given labels) and the
+        fitted attributes of training (``history_``, ``initial_rankme_``, …)."""
+        scorer = self._snapshot_scorer(source, labeled, data_config, device)
         # Built before decoding: an unwritable checkpoint_dir fails here, not hours later.
         trainer = DinoTrainer(
             backbone,
             head,
-            self._augmentation(),
+            self._augmentation(data_config),
             DinoLoss(self.out_dim, self.student_temperature, self.center_momentum),
             self._training_config(),
             device,
@@ -537,37 +489,30 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             select=scorer,
             select_key=scorer.key if scorer is not None else "",
         )
-        images = self._training_images(source, device)
+        images = self._decode_training_images(source, data_config["image_size"], device)
         generator = torch.Generator().manual_seed(seed)
-        with (
-            printed_log_lines(self.verbose),
-            tqdm(total=self.epochs, desc="DINO", unit="epoch", disable=not self.verbose) as bar,
-        ):
+        with self._training_progress("DINO") as progress:
+            history = trainer.fit(images, generator, progress)
+        return trainer.teacher.backbone, {
+            "history_": history,
+            "initial_rankme_": trainer.initial_rankme,
+            "initial_selection_score_": trainer.initial_selection_score,
+            "selected_epoch_": trainer.selected_epoch,
+        }
 
-            def progress(epoch: int, row: dict[str, float]) -> None:
-                bar.n = epoch + 1
-                bar.set_postfix(
-                    loss=f"{row['loss']:.3f}",
-                    entropy=f"{row['teacher_entropy']:.2f}",
-                    rankme=f"{row['rankme']:.1f}",
-                )
-
-            self.history_ = trainer.fit(images, generator, progress)
-        self.initial_rankme_ = trainer.initial_rankme
-        self.initial_selection_score_ = trainer.initial_selection_score
-        self.selected_epoch_ = trainer.selected_epoch
-        return trainer.teacher.backbone
+    def _epoch_postfix(self, row: dict[str, float]) -> dict[str, str]:
+        return {
+            **super()._epoch_postfix(row),
+            "entropy": f"{row['teacher_entropy']:.2f}",
+            "rankme": f"{row['rankme']:.1f}",
+        }
 
     def _labeled_images(self, source: ImageSource, y: Any) -> tuple[np.ndarray, np.ndarray] | None:
         """Indices and labels of the labeled images that can choose a snapshot, or None."""
         if y is None:
             return None
         y = column_or_1d(y, warn=True)
-        if len(y) != len(source):
-            raise ValueError(
-                f"X and y have different lengths: X has {len(source)} images, y has {len(y)} "
-                "labels; expected one label per image (-1 for unlabeled ones)."
-            )
+        check_one_label_per_image(source, y, "one label per image (-1 for unlabeled ones)")
         check_class_labels(y)
         indices = np.flatnonzero(labeled_mask(y))
         if len(indices) == 0:
@@ -588,19 +533,18 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self,
         source: ImageSource,
         labeled: tuple[np.ndarray, np.ndarray] | None,
+        data_config: dict[str, Any],
         device: torch.device,
     ) -> SnapshotScorer | None:
         if labeled is None:
             return None
         indices, labels = labeled
         # Decoded once at the training size: every snapshot embeds the same pixels.
-        pixels = load_images(
-            subset_source(source, indices.tolist()), self.data_config_["image_size"]
-        )
+        pixels = load_images(subset_source(source, indices.tolist()), data_config["image_size"])
         return SnapshotScorer(
             as_image_source(pixels),
             labels,
-            self.data_config_,
+            data_config,
             {"pooling": self.pooling, "n_last_blocks": int(self.n_last_blocks)},
             self.batch_size,
             device,
@@ -681,12 +625,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             source,
             self.data_config_,
             readout.width,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            device=self._resolve_device(),
-            precision=self.precision,
-            verbose=self.verbose,
             description="embedding",
+            **self._inference_options(),
         )
 
     @property
@@ -722,60 +662,25 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
         tags.target_tags.required = False
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-    def __getstate__(self) -> dict[str, Any]:
-        # On Python >= 3.11 the inherited state is self.__dict__ itself, and Module.to moves
-        # in place: copy both, so that pickling leaves the fitted model where it is.
-        state = dict(super().__getstate__())
-        if "backbone_" in state:
-            # A model fitted on a GPU must unpickle on a machine without one.
-            state["backbone_"] = copy.deepcopy(state["backbone_"]).to("cpu")
-        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Featurizers pickled before the memory parameter existed did not cache.
         super().__setstate__({"memory": None, **state})
 
-    def _training_images(self, source: ImageSource, device: torch.device) -> TrainingImages:
-        return decode_training_images(
-            source,
-            self.data_config_["image_size"],
-            self.in_memory,
-            self.batch_size,
-            self.num_workers,
-            device,
-            self.verbose,
-        )
-
     def _weights_digest(self) -> str:
-        # Featurizers pickled before weights_digest_ existed lack it.
-        if not hasattr(self, "weights_digest_"):
-            self.weights_digest_ = weights_digest(self.backbone_, self.data_config_)
-        return self.weights_digest_
+        # Featurizers pickled before weights_digest_ existed lack it; transform computes it
+        # and does not store it, for transform changes no attribute.
+        digest = getattr(self, "weights_digest_", None)
+        if digest is None:
+            digest = weights_digest(self.backbone_, self.data_config_)
+        return digest
 
-    def _create_backbone(self) -> torch.nn.Module:
-        return build_backbone(
-            self.backbone,
-            self.backbone_kwargs,
-            self.pretrained,
-            self.image_size,
-            self.drop_path_rate,
-        )
-
-    def _resolve_device(self) -> torch.device:
-        return resolve_device(self.device)
-
-    def _validate_backbone_kwargs(self) -> None:
-        validate_backbone_kwargs(self.backbone_kwargs)
-
-    def _validate_sizes(self, backbone: torch.nn.Module) -> None:
+    def _validate_sizes(self, backbone: torch.nn.Module, data_config: dict[str, Any]) -> None:
         """Refuse crop sizes the backbone cannot tile, before any image is decoded."""
-        image_size = self.data_config_["image_size"]
+        image_size = data_config["image_size"]
         sizes = {"image_size": image_size}
         if self.epochs > 0 and self.local_crops > 0:
             sizes["local_crop_size"] = self.local_crop_size
@@ -786,43 +691,15 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
                 )
         check_patch_multiples(backbone, sizes, self.image_size is not None)
 
-    def _validate_tuples(self) -> None:
-        for name in ("global_crop_scale", "local_crop_scale"):
-            value = getattr(self, name)
-            if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
-                raise ValueError(
-                    f"{name} must be (low, high) with 0 < low <= high <= 1, got {value!r}."
-                )
-        checks = {"color_jitter": 4, "blur": 3, "perspective_p": 3}
-        for name, length in checks.items():
-            value = getattr(self, name)
-            if len(value) != length or any(not 0 <= float(v) for v in value):
-                raise ValueError(f"{name} must be {length} non-negative numbers, got {value!r}.")
-        for name in ("blur", "perspective_p"):
-            if any(float(v) > 1 for v in getattr(self, name)):
-                raise ValueError(
-                    f"{name} holds probabilities in [0, 1], got {getattr(self, name)!r}."
-                )
-
-    def _augmentation(self) -> MultiCropAugmentation:
-        return MultiCropAugmentation(
+    def _augmentation(self, data_config: dict[str, Any]) -> MultiCropAugmentation:
+        return super()._augmentation(
+            data_config,
             global_crops=self.global_crops,
             local_crops=self.local_crops,
-            global_crop_size=self.data_config_["image_size"],
             local_crop_size=self.local_crop_size,
             global_crop_scale=tuple(self.global_crop_scale),
             local_crop_scale=tuple(self.local_crop_scale),
-            horizontal_flip=self.horizontal_flip,
-            vertical_flip=self.vertical_flip,
-            rotation=self.rotation,
-            perspective=self.perspective,
-            perspective_p=tuple(self.perspective_p),
-            color_jitter=tuple(self.color_jitter),
-            grayscale_p=self.grayscale,
-            blur_p=tuple(self.blur),
             solarization_p=self.solarization,
-            mean=self.data_config_["mean"],
-            std=self.data_config_["std"],
         )
 
     def _training_config(self) -> TrainingConfig:
