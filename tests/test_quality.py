@@ -4,6 +4,9 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from conftest import SMALL_XCIT_PARAMS
 import sparsam.dino.trainer
 from sparsam import DinoFeaturizer
 from sparsam.dino import DinoTrainer
-from sparsam.dino.quality import rankme
+from sparsam.evaluation.quality import rankme
 from sparsam.model_selection import rankme as model_selection_rankme
 
 pytestmark = pytest.mark.filterwarnings("ignore::sparsam.dino.CollapseWarning")
@@ -83,6 +86,27 @@ def test_rankme_refuses_anything_but_a_matrix_of_two_rows_or_more(shape):
 def test_rankme_is_available_from_model_selection():
     assert model_selection_rankme is rankme
     assert "rankme" in sparsam.model_selection.__all__
+
+
+def test_rankme_is_available_from_dino():
+    assert sparsam.dino.rankme is rankme
+    assert "rankme" in sparsam.dino.__all__
+
+
+def test_rankme_module_imports_nothing_from_scikit_learn():
+    # The DINO loop measures RankMe, and dino/ imports nothing from scikit-learn (DESIGN.md).
+    # The package root imports the estimators, so the child imports below it directly.
+    package = Path(sparsam.__file__).parent
+    code = (
+        "import sys, types\n"
+        f"root = types.ModuleType('sparsam'); root.__path__ = [{str(package)!r}]\n"
+        "sys.modules['sparsam'] = root\n"
+        "import sparsam.evaluation.quality\n"
+        "assert sparsam.evaluation.quality.rankme\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'sklearn'))\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == "[]"
 
 
 # --- the trainer's measurement --------------------------------------------------------------

@@ -3,10 +3,10 @@
 Nothing here imports scikit-learn; ``sparsam.DinoFeaturizer`` is the sklearn face.
 """
 
+from ..evaluation.quality import rankme
 from .augment import MultiCropAugmentation
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss
-from .quality import rankme
 from .schedules import cosine_schedule, warmup_then_constant
 from .trainer import CollapseWarning, DinoTrainer, TrainingConfig
 

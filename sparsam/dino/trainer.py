@@ -30,6 +30,7 @@ from .._checkpoints import (
 from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
+from ..evaluation.quality import rankme
 from ..training.compilation import RegionalCompilation, compiled_regions, forward_restorer
 from ..training.statistics import StepStatistics
 from .augment import MultiCropAugmentation, normalize
@@ -46,7 +47,6 @@ from .distributed import (
 )
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss, koleo_loss
-from .quality import rankme
 from .schedules import cosine_schedule, warmup_then_constant
 
 __all__ = [
