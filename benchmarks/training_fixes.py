@@ -40,9 +40,9 @@ from sparsam import DinoFeaturizer, save_backbone
 from sparsam.data import iter_batches
 from sparsam.datasets import load_demo
 from sparsam.dino import DinoTrainer
-from sparsam.dino.augment import normalize
 from sparsam.model_selection import few_shot_scores, format_few_shot_table
 from sparsam.recipes import DIGITS_RECIPE
+from sparsam.training.augment import normalize
 
 XCIT = {
     "backbone": "xcit_small_12_p8_224",

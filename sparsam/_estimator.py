@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .backbones import create_backbone, load_backbone
 from .data import ImageSource, iter_batches
 from .data.training import TrainingImages, training_images
-from .dino.trainer import resolve_precision
+from .training.precision import resolve_precision
 
 __all__ = [
     "SHARED_PARAMETER_CONSTRAINTS",

@@ -32,12 +32,12 @@ from ._estimator import (
 from .backbones import backbone_data_config
 from .data import as_image_source
 from .data.cache import subset_source
-from .dino.augment import MultiCropAugmentation
-from .dino.trainer import resolve_precision
 from .featurizer import DinoFeaturizer
 from .model_selection import check_class_labels, labeled_mask
 from .supervised.trainer import FineTuneConfig, FineTuneTrainer
+from .training.augment import MultiCropAugmentation
 from .training.compilation import resolve_compile
+from .training.precision import resolve_precision
 
 __all__ = ["SupervisedClassifier"]
 

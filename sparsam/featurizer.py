@@ -40,15 +40,16 @@ from .data.cache import (
     weights_digest,
 )
 from .data.training import TrainingImages
-from .dino import distributed
-from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
-from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
+from .dino.trainer import DinoTrainer, TrainingConfig
 from .model_selection import check_class_labels, labeled_mask
 from .readout import POOLINGS, ReadOut
 from .selection import SnapshotScorer
+from .training import distributed
+from .training.augment import MultiCropAugmentation
 from .training.compilation import resolve_compile
+from .training.precision import resolve_precision
 
 __all__ = ["DinoFeaturizer"]
 
@@ -630,8 +631,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         cache and embeds and stores only the images missing there) and every process returns
         all ``n`` rows, in input order. Each process embeds on its own ``device``; with
         ``"auto"``, the current CUDA device, which
-        ``sparsam.dino.distributed.init_from_environment`` sets to the GPU of its
-        ``LOCAL_RANK``. Inside ``sparsam.dino.distributed.no_sharding()`` each process embeds
+        ``sparsam.training.distributed.init_from_environment`` sets to the GPU of its
+        ``LOCAL_RANK``. Inside ``sparsam.training.distributed.no_sharding()`` each process embeds
         all of its own ``X``.
         """
         check_is_fitted(self, "backbone_")
