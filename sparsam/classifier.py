@@ -36,6 +36,7 @@ from .featurizer import DinoFeaturizer
 from .model_selection import check_class_labels, labeled_mask
 from .supervised.trainer import FineTuneConfig, FineTuneTrainer
 from .training.augment import MultiCropAugmentation
+from .training.callbacks import Callback
 from .training.compilation import resolve_compile
 from .training.precision import resolve_precision
 
@@ -145,6 +146,12 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         same value on the CPU gives the same model bit for bit.
     verbose : int, default=1
         0: nothing; 1: progress bars; 2: also one log line per epoch.
+    callbacks : list of Callback or None, default=None
+        `sparsam.training.callbacks.Callback` objects whose ``on_epoch_start`` and
+        ``on_epoch_end`` the fine-tuning loop calls at every epoch's start and end, with the
+        trainer (``trainer.backbone`` is the backbone being fine-tuned, ``trainer.history``
+        the epochs so far). For watching training; they are not part of a checkpoint's run
+        identity and must not change the training.
 
     Attributes
     ----------
@@ -190,6 +197,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         "crop_scale": [tuple, list],
         "perspective_p": [Interval(Real, 0, 1, closed="both")],
         "blur": [Interval(Real, 0, 1, closed="both")],
+        "callbacks": [list, None],
     }
 
     def __init__(
@@ -225,6 +233,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         checkpoint_dir: str | os.PathLike | None = None,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self.backbone = backbone
         self.backbone_kwargs = backbone_kwargs
@@ -256,6 +265,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.checkpoint_dir = checkpoint_dir
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
 
     def fit(self, X: Any, y: Any) -> SupervisedClassifier:
         """Fine-tune the backbone and a linear head on the labeled images.
@@ -326,6 +336,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
                 resolve_precision(self.precision, device),
                 self.checkpoint_dir,
                 compile=resolve_compile(self.compile, device),
+                callbacks=self.callbacks or (),
             )
         check_patch_multiples(
             backbone, {"image_size": self.data_config_["image_size"]}, self.image_size is not None
@@ -536,3 +547,7 @@ class SupervisedClassifier(ClassifierMixin, BaseEstimator):
             # A model fitted on a GPU must unpickle on a machine without one.
             state["model_"] = copy.deepcopy(state["model_"]).to("cpu")
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Classifiers pickled before the callbacks parameter existed.
+        super().__setstate__({"callbacks": None, **state})

@@ -48,6 +48,7 @@ from .readout import POOLINGS, ReadOut
 from .selection import SnapshotScorer
 from .training import distributed
 from .training.augment import MultiCropAugmentation
+from .training.callbacks import Callback
 from .training.compilation import resolve_compile
 from .training.precision import resolve_precision
 
@@ -244,6 +245,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         warnings), printed without configuring ``logging``; the logger's level and handlers
         are restored after ``fit``. If your ``logging`` configuration already shows INFO
         records of ``"sparsam"``, use 1, or they appear twice.
+    callbacks : list of Callback or None, default=None
+        `sparsam.training.callbacks.Callback` objects whose ``on_epoch_start`` and
+        ``on_epoch_end`` the DINO loop calls at every epoch's start and end, with the trainer
+        (``trainer.backbone`` is the teacher's backbone, ``trainer.history`` the epochs so
+        far). For watching training (snapshots, logging); they are not part of a
+        checkpoint's run identity and must not change the training.
 
     Attributes
     ----------
@@ -328,6 +335,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         "freeze_last_layer_epochs": [Interval(Integral, 0, None, closed="left")],
         "head_warmup_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "koleo_weight": [Interval(Real, 0, None, closed="left")],
+        "callbacks": [list, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
         "memory": [str, os.PathLike, joblib.Memory, None],
     }
@@ -388,6 +396,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         memory: str | os.PathLike | joblib.Memory | None = None,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self.backbone = backbone
         self.backbone_kwargs = backbone_kwargs
@@ -442,6 +451,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
+        self.callbacks = callbacks
 
     def fit(self, X: Any, y: Any = None) -> DinoFeaturizer:
         """Train the backbone with DINO on ``X``; labels, if any, only choose the snapshot.
@@ -537,6 +547,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             compile=resolve_compile(self.compile, device),
             select=scorer,
             select_key=scorer.key if scorer is not None else "",
+            callbacks=self.callbacks or (),
         )
         images = self._training_images(source, device)
         generator = torch.Generator().manual_seed(seed)
@@ -740,7 +751,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Featurizers pickled before the memory parameter existed did not cache.
-        super().__setstate__({"memory": None, **state})
+        super().__setstate__({"memory": None, "callbacks": None, **state})
 
     def _training_images(self, source: ImageSource, device: torch.device) -> TrainingImages:
         return decode_training_images(
