@@ -163,8 +163,6 @@ class FineTuneTrainer(TrainingLoop):
         check_every: int | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        if check_every is not None and check_every < 1:
-            raise ValueError(f"check_every must be None or >= 1, got {check_every!r}.")
         if augmentation.global_crops != 1 or augmentation.local_crops != 0:
             raise ValueError(
                 "Fine-tuning trains on one crop per image: expected an augmentation with "
