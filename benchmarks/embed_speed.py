@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from sparsam import DinoFeaturizer
-from sparsam.dino.trainer import resolve_precision
 from sparsam.recipes import small_data_recipe
+from sparsam.training.precision import resolve_precision
 
 RECIPE = small_data_recipe(image_size=32, n_images=2400)
 

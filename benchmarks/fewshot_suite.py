@@ -41,12 +41,12 @@ import torch
 from memory import cpu_model
 from scipy.stats import spearmanr
 
-import sparsam.featurizer
+from sparsam.data.cache import weights_digest
 from sparsam.datasets import load_demo, make_cytology, make_tissue_textures
-from sparsam.dino.trainer import DinoTrainer
 from sparsam.featurizer import DinoFeaturizer
 from sparsam.model_selection import few_shot_scores, format_few_shot_table, rankme
 from sparsam.recipes import small_data_recipe
+from sparsam.training.callbacks import Callback
 
 N_PER_CLASS = (1, 5, 10, 25)
 RANKME_IMAGES = 512
@@ -89,23 +89,19 @@ def label_free(features: np.ndarray, subset: np.ndarray) -> dict:
     return {"rankme": rankme(features[subset]), "alpha_req": alpha_req(features[subset])}
 
 
-class SnapshotTrainer(DinoTrainer):
-    """A DinoTrainer that hands its teacher to ``on_epoch`` after chosen epochs (benchmark only)."""
+class Snapshots(Callback):
+    """Keeps a CPU copy of the teacher backbone's weights after chosen epochs (1-based)."""
 
-    on_epoch = None
-    snapshot_epochs: frozenset[int] = frozenset()
-    snapshot_seconds = 0.0
+    def __init__(self, epochs: frozenset[int]) -> None:
+        self.epochs = epochs
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
 
-    def fit(self, images, generator, progress=None):
-        def progress_with_snapshots(epoch, row):
-            if epoch + 1 in type(self).snapshot_epochs:
-                started = time.perf_counter()
-                type(self).on_epoch(epoch + 1, self.teacher.backbone)
-                type(self).snapshot_seconds += time.perf_counter() - started
-            if progress is not None:
-                progress(epoch, row)
-
-        return super().fit(images, generator, progress_with_snapshots)
+    def on_epoch_end(self, trainer, epoch, row):
+        if epoch + 1 in self.epochs:
+            state = trainer.backbone.state_dict()
+            self.weights[epoch + 1] = {
+                name: value.to("cpu", copy=True) for name, value in state.items()
+            }
 
 
 def score(features: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -121,38 +117,28 @@ def record(log: Path, entry: dict) -> None:
 
 def run_sparsam(images, labels, params, snapshots, entry, log):
     """Train with snapshots; returns (final scores, minutes of training)."""
-    featurizer = DinoFeaturizer(**params)
+    epochs = params["epochs"]
+    # The final teacher is scored below, through the fitted featurizer.
+    watched = frozenset(math.ceil(epochs * k / (snapshots + 1)) for k in range(1, snapshots + 1))
+    snapshot = Snapshots(watched - {epochs})
+    featurizer = DinoFeaturizer(**params, callbacks=[snapshot])
+    started = time.perf_counter()
+    featurizer.fit(images)
+    minutes = (time.perf_counter() - started) / 60
     subset = rankme_subset(len(images))
-
-    def embed_with(backbone):
-        frozen = copy.copy(featurizer)
-        frozen.backbone_ = copy.deepcopy(backbone).eval()
-        frozen.n_features_out_ = int(backbone.num_features)
-        return frozen.transform(images)
-
-    def on_epoch(epoch, backbone):
-        if epoch == params["epochs"]:
-            return  # the final teacher is scored below, through the fitted featurizer
-        features = embed_with(backbone)
+    # Snapshots are scored once fit is over: the fitted featurizer's transform, with each
+    # snapshot's weights (copying a few backbones costs far less time than embedding).
+    for epoch, weights in sorted(snapshot.weights.items()):
+        frozen = copy.deepcopy(featurizer)
+        frozen.backbone_.load_state_dict(weights)
+        # Other weights, another key: a memory cache must not return the final teacher's.
+        frozen.weights_digest_ = weights_digest(frozen.backbone_, frozen.data_config_)
+        features = frozen.transform(images)
         scores = score(features, labels)
         record(
             log,
             {**entry, "epoch": epoch, **label_free(features, subset), **_scores(scores)},
         )
-
-    epochs = params["epochs"]
-    SnapshotTrainer.on_epoch = staticmethod(on_epoch)
-    SnapshotTrainer.snapshot_epochs = frozenset(
-        math.ceil(epochs * k / (snapshots + 1)) for k in range(1, snapshots + 1)
-    )
-    SnapshotTrainer.snapshot_seconds = 0.0
-    sparsam.featurizer.DinoTrainer = SnapshotTrainer
-    try:
-        started = time.perf_counter()
-        featurizer.fit(images)
-        minutes = (time.perf_counter() - started - SnapshotTrainer.snapshot_seconds) / 60
-    finally:
-        sparsam.featurizer.DinoTrainer = DinoTrainer
     features = featurizer.transform(images)
     scores = score(features, labels)
     history = featurizer.history_

@@ -42,9 +42,9 @@ from sparsam.datasets import (
     make_skin_lesions,
     make_tissue_textures,
 )
-from sparsam.dino.trainer import list_checkpoints
 from sparsam.model_selection import few_shot_scores
 from sparsam.recipes import small_data_recipe
+from sparsam.training.checkpoints import list_checkpoints
 
 N_PER_CLASS = (1, 5, 10, 25)
 READOUTS = [("cls", 1), ("mean", 1), ("cls+mean", 1), ("cls", 4), ("cls+mean", 4)]

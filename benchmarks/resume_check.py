@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sparsam._checkpoints import checkpoint_name
+from sparsam.training.checkpoints import checkpoint_name
 
 
 def write_archive(root: Path, n_images: int, side: int) -> None:

@@ -34,7 +34,7 @@ from sparsam import DinoFeaturizer
 from sparsam.backbones import create_backbone
 from sparsam.datasets import load_demo
 from sparsam.dino import DinoHead, DinoLoss, DinoTrainer, MultiCropAugmentation, TrainingConfig
-from sparsam.dino.trainer import resolve_precision
+from sparsam.training.precision import resolve_precision
 
 DEFAULT_PEER = Path(__file__).resolve().parents[1].parent / "shared/bench/lightly_dino_ref.py"
 

@@ -23,13 +23,11 @@ One training seed per row: differences of about 0.02 are within the noise of a s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +37,10 @@ import torch
 from sparsam import DinoFeaturizer, save_backbone
 from sparsam.data import iter_batches
 from sparsam.datasets import load_demo
-from sparsam.dino import DinoTrainer
-from sparsam.dino.augment import normalize
 from sparsam.model_selection import few_shot_scores, format_few_shot_table
 from sparsam.recipes import DIGITS_RECIPE
+from sparsam.training.augment import normalize
+from sparsam.training.callbacks import Callback
 
 XCIT = {
     "backbone": "xcit_small_12_p8_224",
@@ -52,19 +50,22 @@ XCIT = {
 }
 
 
-@contextlib.contextmanager
-def legacy_training_modes() -> Iterator[None]:
-    """sparsam <= 0.1.0.dev0: teacher wholly in eval mode, student left as it came."""
+class LegacyTrainingModes(Callback):
+    """sparsam <= 0.1.0.dev0: teacher wholly in eval mode, student left as it came.
 
-    def old_modes(self: DinoTrainer) -> None:
-        self.teacher.eval()
+    Today's loop puts the student in train mode and the teacher's BatchNorm in train mode
+    whenever it sets the training modes (at the start, and after every measurement of the
+    teacher); this callback restores the old modes before every epoch's first step, so every
+    step trains in them. ``student_training`` is the mode the backbone came in: train for
+    timm's fresh models, eval for a saved backbone (``load_backbone`` returns eval mode).
+    """
 
-    original = DinoTrainer._set_training_modes
-    DinoTrainer._set_training_modes = old_modes
-    try:
-        yield
-    finally:
-        DinoTrainer._set_training_modes = original
+    def __init__(self, student_training: bool) -> None:
+        self.student_training = student_training
+
+    def on_epoch_start(self, trainer, epoch):
+        trainer.teacher.eval()
+        trainer.student.backbone.train(self.student_training)
 
 
 def set_batch_norm_statistics(featurizer: DinoFeaturizer, images: np.ndarray, how: str) -> None:
@@ -111,8 +112,10 @@ def main() -> None:
     minutes: dict[str, float] = {}
 
     def measure(name: str, params: dict[str, Any], legacy: bool = False) -> DinoFeaturizer:
-        with legacy_training_modes() if legacy else contextlib.nullcontext():
-            featurizer, minutes[name] = train(params, images)
+        if legacy:
+            fresh = params.get("pretrained") in (None, "imagenet")
+            params = {**params, "callbacks": [LegacyTrainingModes(student_training=fresh)]}
+        featurizer, minutes[name] = train(params, images)
         rows[name] = few_shot_scores(featurizer.transform(images), labels)
         print(f"{name}: N=10 {rows[name][10].mean():.3f} ({minutes[name]:.1f} min)", flush=True)
         return featurizer

@@ -1,6 +1,6 @@
 """The ``.npy`` file of ``sparsam embed``, written chunk by chunk by one process or several.
 
-Under torchrun every rank embeds its own block of rows (`sparsam.dino.distributed.shard_range`)
+Under torchrun every rank embeds its own block of rows (`sparsam.training.distributed.shard_range`)
 straight into one memory-mapped file that rank 0 created, so no embedding travels between
 processes; rank 0 renames the file into place once every rank has written its rows. After
 every chunk the ranks agree on whether all succeeded, so that a failure on one rank stops all
@@ -22,7 +22,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from ._files import atomic_write
-from .dino import distributed
+from .training import distributed
 
 __all__ = ["write_embeddings"]
 
@@ -46,7 +46,7 @@ def write_embeddings(
     and the temporary file is removed (a process killed outright can leave it behind).
 
     Call it on every rank of a process group with the same arguments: each rank embeds the
-    rows of its `sparsam.dino.distributed.shard_range`, in chunks, into the file rank 0
+    rows of its `sparsam.training.distributed.shard_range`, in chunks, into the file rank 0
     created, which must therefore lie on a file system that every rank sees.
 
     Parameters

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from .backbones import create_backbone, load_backbone
 from .data import ImageSource, iter_batches
 from .data.training import TrainingImages, training_images
-from .dino.augment import MultiCropAugmentation
-from .dino.trainer import resolve_precision
+from .training.augment import MultiCropAugmentation
+from .training.precision import resolve_precision
 
 __all__ = [
     "ImageEstimator",
@@ -93,6 +93,7 @@ class ImageEstimator(BaseEstimator):
         "checkpoint_dir": [str, os.PathLike, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "callbacks": [list, None],
     }
     # The (low, high) area ranges of the crops, checked by _validate_tuples.
     _crop_scale_names: ClassVar[tuple[str, ...]] = ()
@@ -247,6 +248,10 @@ class ImageEstimator(BaseEstimator):
             # A model fitted on a GPU must unpickle on a machine without one.
             state[self._fitted_module] = copy.deepcopy(state[self._fitted_module]).to("cpu")
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Estimators pickled before the callbacks parameter existed.
+        super().__setstate__({"callbacks": None, **state})
 
 
 def draw_seed(rng: np.random.RandomState) -> int:

@@ -29,12 +29,13 @@ from ._estimator import (
 from .backbones import backbone_data_config
 from .data import as_image_source
 from .data.cache import subset_source
-from .dino.augment import MultiCropAugmentation
-from .dino.trainer import resolve_precision
 from .featurizer import DinoFeaturizer
 from .model_selection import check_class_labels, labeled_mask
 from .supervised.trainer import FineTuneConfig, FineTuneTrainer
+from .training.augment import MultiCropAugmentation
+from .training.callbacks import Callback
 from .training.compilation import resolve_compile
+from .training.precision import resolve_precision
 
 __all__ = ["SupervisedClassifier"]
 
@@ -144,6 +145,12 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         same value on the CPU gives the same model bit for bit.
     verbose : int, default=1
         0: nothing; 1: progress bars; 2: also one log line per epoch.
+    callbacks : list of Callback or None, default=None
+        `sparsam.training.callbacks.Callback` objects whose ``on_epoch_start`` and
+        ``on_epoch_end`` the fine-tuning loop calls at every epoch's start and end, with the
+        trainer (``trainer.backbone`` is the backbone being fine-tuned, ``trainer.history``
+        the epochs so far). For watching training; they are not part of a checkpoint's run
+        identity and must not change the training.
 
     Attributes
     ----------
@@ -224,6 +231,7 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         checkpoint_dir: str | os.PathLike | None = None,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self._store_parameters(locals())
 
@@ -272,6 +280,7 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
                 resolve_precision(self.precision, device),
                 self.checkpoint_dir,
                 compile=resolve_compile(self.compile, device),
+                callbacks=self.callbacks or (),
             )
         check_patch_multiples(
             backbone, {"image_size": data_config["image_size"]}, self.image_size is not None

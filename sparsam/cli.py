@@ -522,7 +522,7 @@ def _input_names(images: list[Path] | np.ndarray, data: str | os.PathLike[str]) 
 
 def _check_checkpoints(checkpoint_dir: Path, resume: bool) -> Path | None:
     """The checkpoint ``--resume`` continues from; refuse to mix runs either way."""
-    from .dino.trainer import list_checkpoints
+    from .training.checkpoints import list_checkpoints
 
     checkpoints = list_checkpoints(checkpoint_dir)
     if resume and not checkpoints:
@@ -553,7 +553,7 @@ def run_pretrain(
     ``out`` receives the teacher backbone in timm's Hub format (``config.json``,
     ``model.safetensors`` and a model card, written by ``save_backbone``) and the fitted
     featurizer as ``featurizer.joblib``. Under ``torchrun`` every process joins the process
-    group (``sparsam.dino.distributed.init_from_environment``) and trains on its own device;
+    group (``sparsam.training.distributed.init_from_environment``) and trains on its own device;
     only rank 0 writes ``out`` and prints.
 
     Parameters
@@ -585,8 +585,8 @@ def run_pretrain(
 
     from ._files import atomic_write, check_writable_directory
     from .backbones import save_backbone
-    from .dino import distributed
     from .featurizer import DinoFeaturizer
+    from .training import distributed
 
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
@@ -668,7 +668,7 @@ def run_embed(
     fails, neither file is written or changed.
 
     Under ``torchrun`` every process joins the process group
-    (``sparsam.dino.distributed.init_from_environment``), embeds one contiguous block of the
+    (``sparsam.training.distributed.init_from_environment``), embeds one contiguous block of the
     images, chunk by chunk, on its own device and writes its rows into the file that rank 0
     created; rank 0 renames it into place once every process has written its rows, and only
     rank 0 prints. A failure on any process stops all of them and leaves no output. ``out``
@@ -714,7 +714,7 @@ def run_embed(
 
     from ._embedding_file import write_embeddings
     from ._files import check_writable_directory
-    from .dino import distributed
+    from .training import distributed
 
     out = Path(out)
     if out.suffix != ".npy":

@@ -35,15 +35,17 @@ from .data.cache import (
     subset_source,
     weights_digest,
 )
-from .dino import distributed
-from .dino.augment import MultiCropAugmentation
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
-from .dino.trainer import DinoTrainer, TrainingConfig, resolve_precision
+from .dino.trainer import DinoTrainer, TrainingConfig
 from .model_selection import check_class_labels, labeled_mask
 from .readout import POOLINGS, ReadOut
 from .selection import SnapshotScorer
+from .training import distributed
+from .training.augment import MultiCropAugmentation
+from .training.callbacks import Callback
 from .training.compilation import resolve_compile
+from .training.precision import resolve_precision
 
 __all__ = ["DinoFeaturizer"]
 
@@ -239,6 +241,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         warnings), printed without configuring ``logging``; the logger's level and handlers
         are restored after ``fit``. If your ``logging`` configuration already shows INFO
         records of ``"sparsam"``, use 1, or they appear twice.
+    callbacks : list of Callback or None, default=None
+        `sparsam.training.callbacks.Callback` objects whose ``on_epoch_start`` and
+        ``on_epoch_end`` the DINO loop calls at every epoch's start and end, with the trainer
+        (``trainer.backbone`` is the teacher's backbone, ``trainer.history`` the epochs so
+        far). For watching training (snapshots, logging); they are not part of a
+        checkpoint's run identity and must not change the training.
 
     Attributes
     ----------
@@ -384,6 +392,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         memory: str | os.PathLike | joblib.Memory | None = None,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self._store_parameters(locals())
 
@@ -488,6 +497,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
             compile=resolve_compile(self.compile, device),
             select=scorer,
             select_key=scorer.key if scorer is not None else "",
+            callbacks=self.callbacks or (),
         )
         images = self._decode_training_images(source, data_config["image_size"], device)
         generator = torch.Generator().manual_seed(seed)
@@ -574,8 +584,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         cache and embeds and stores only the images missing there) and every process returns
         all ``n`` rows, in input order. Each process embeds on its own ``device``; with
         ``"auto"``, the current CUDA device, which
-        ``sparsam.dino.distributed.init_from_environment`` sets to the GPU of its
-        ``LOCAL_RANK``. Inside ``sparsam.dino.distributed.no_sharding()`` each process embeds
+        ``sparsam.training.distributed.init_from_environment`` sets to the GPU of its
+        ``LOCAL_RANK``. Inside ``sparsam.training.distributed.no_sharding()`` each process embeds
         all of its own ``X``.
         """
         check_is_fitted(self, "backbone_")

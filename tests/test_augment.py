@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sparsam.dino.augment import MultiCropAugmentation, normalize
+from sparsam.training.augment import MultiCropAugmentation, normalize
 
 # Everything off: each test switches on the one augmentation it specifies.
 NO_AUGMENTATION = {
@@ -178,7 +178,7 @@ def test_imagenet_constants_are_timms_under_sparsams_names():
 
     from sparsam.backbones import IMAGENET_MEAN as BACKBONES_MEAN
     from sparsam.backbones import IMAGENET_STD as BACKBONES_STD
-    from sparsam.dino.augment import IMAGENET_MEAN, IMAGENET_STD
+    from sparsam.training.augment import IMAGENET_MEAN, IMAGENET_STD
 
     assert IMAGENET_MEAN == BACKBONES_MEAN == IMAGENET_DEFAULT_MEAN == (0.485, 0.456, 0.406)
     assert IMAGENET_STD == BACKBONES_STD == IMAGENET_DEFAULT_STD == (0.229, 0.224, 0.225)

@@ -37,7 +37,7 @@ RECORDING_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     import sparsam.featurizer as featurizer_module
     from sparsam.cli import main
-    from sparsam.dino.distributed import init_from_environment
+    from sparsam.training.distributed import init_from_environment
 
     init_from_environment("cpu")
     record_folder, arguments = sys.argv[1], sys.argv[2:]

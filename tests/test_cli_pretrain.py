@@ -17,8 +17,9 @@ from PIL import Image
 
 from sparsam import DinoFeaturizer, load_backbone
 from sparsam.cli import main, resolve_images
-from sparsam.dino import distributed
-from sparsam.dino.trainer import DinoTrainer, list_checkpoints
+from sparsam.dino.trainer import DinoTrainer
+from sparsam.training import distributed
+from sparsam.training.checkpoints import list_checkpoints
 
 # A 2-block, 32-wide ViT on 16 px images (depth 2 so drop-path runs): a 1-epoch fit on 24
 # images takes well under a second on two cores.

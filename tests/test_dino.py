@@ -21,7 +21,8 @@ from sparsam.dino import (
     warmup_then_constant,
 )
 from sparsam.dino.loss import koleo_loss
-from sparsam.dino.trainer import resolve_precision, weight_decay_groups
+from sparsam.training.optimization import weight_decay_groups
+from sparsam.training.precision import resolve_precision
 
 OUT_DIM = 32
 SCHEDULE_VALUES = {

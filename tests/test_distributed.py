@@ -33,7 +33,7 @@ RANK_SCRIPT = textwrap.dedent(
     from sparsam import DinoFeaturizer, save_backbone
     from sparsam.data.training import TrainingImages
     from sparsam.dino import DinoTrainer
-    from sparsam.dino.distributed import init_from_environment, rank
+    from sparsam.training.distributed import init_from_environment, rank
 
     init_from_environment("cpu")
     record = {}
@@ -55,15 +55,15 @@ RANK_SCRIPT = textwrap.dedent(
         return batches(self, indices)
 
     TrainingImages.batches = recording_batches
-    import sparsam.dino.trainer as trainer_module
+    import sparsam.training.checkpoints as checkpoints_module
 
-    atomic_write = trainer_module.atomic_write
+    atomic_write = checkpoints_module.atomic_write
 
     def recording_write(path, *args, **kwargs):
         record["written"].append(os.path.basename(path))
         return atomic_write(path, *args, **kwargs)
 
-    trainer_module.atomic_write = recording_write
+    checkpoints_module.atomic_write = recording_write
     save = DinoTrainer._save_checkpoint
     kill_at = None
 

@@ -18,7 +18,7 @@ from conftest import SMALL_XCIT_PARAMS, torchrun_two_processes
 
 import sparsam.featurizer as featurizer_module
 from sparsam import DinoFeaturizer
-from sparsam.dino.distributed import no_sharding, shard_range, sharding_active
+from sparsam.training.distributed import no_sharding, shard_range, sharding_active
 
 N_IMAGES = 21
 
@@ -33,7 +33,7 @@ RANK_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     torch.set_num_threads(1)
     import sparsam.featurizer as featurizer_module
-    from sparsam.dino.distributed import init_from_environment, rank
+    from sparsam.training.distributed import init_from_environment, rank
 
     init_from_environment("cpu")
     featurizer_path, images_path, out, fewer_on_rank_1 = sys.argv[1:5]

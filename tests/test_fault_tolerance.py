@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from sparsam import DinoFeaturizer
-from sparsam._checkpoints import read_checkpoint
 from sparsam.dino import DinoTrainer
 from sparsam.dino.loss import DinoLoss
-from sparsam.dino.trainer import CheckpointWarning, list_checkpoints
+from sparsam.training.checkpoints import CheckpointWarning, list_checkpoints, read_checkpoint
 
 # The conftest's 40 images in batches of 16: 2 steps per epoch, 3 epochs = 6 steps.
 

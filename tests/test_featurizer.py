@@ -22,7 +22,8 @@ from sklearn.utils.validation import check_is_fitted
 
 import sparsam.featurizer
 from sparsam import DinoFeaturizer
-from sparsam.dino.trainer import DinoTrainer, list_checkpoints
+from sparsam.dino.trainer import DinoTrainer
+from sparsam.training.checkpoints import list_checkpoints
 
 HISTORY_KEYS = {
     "loss",

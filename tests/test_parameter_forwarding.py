@@ -14,8 +14,13 @@ import torch
 
 from sparsam import DinoFeaturizer, SupervisedClassifier
 from sparsam.dino import TrainingConfig
-from sparsam.dino.trainer import DinoTrainer, _schedules
+from sparsam.dino.config import dino_schedules
+from sparsam.dino.trainer import DinoTrainer
 from sparsam.supervised.trainer import FineTuneTrainer
+from sparsam.training.callbacks import Callback
+
+# A callback list reaches the trainer as it is given: the same Callback objects, in order.
+CALLBACKS = [Callback(), Callback()]
 
 
 class _Started(Exception):
@@ -104,6 +109,7 @@ DINO = {
     "drop_path_rate": (0.3, lambda s: max(drop_probabilities(s.trainer.student.backbone))),
     "precision": ("bf16", lambda s: s.trainer.autocast_dtype),
     "checkpoint_every": (5, lambda s: s.trainer.checkpoint_every),
+    "callbacks": (CALLBACKS, lambda s: s.trainer.callbacks),
 }
 EXPECTED = {"out_dim": (48, 48), "precision": torch.bfloat16}
 
@@ -128,6 +134,7 @@ SUPERVISED = {
     "blur": (0.25, augmentation("blur_p")),
     "drop_path_rate": (0.3, lambda s: max(drop_probabilities(s.trainer.model.backbone))),
     "precision": ("bf16", lambda s: s.trainer.autocast_dtype),
+    "callbacks": (CALLBACKS, lambda s: s.trainer.callbacks),
 }
 SUPERVISED_EXPECTED = {
     "validation_fraction": 8,
@@ -204,7 +211,7 @@ def test_schedules_end_where_the_parameters_say():
         warmup_teacher_temperature_epochs=2,
         **{name: DINO[name][0] for name in names},
     )
-    schedules = _schedules(config, global_batch=256, steps_per_epoch=5)
+    schedules = dino_schedules(config, global_batch=256, steps_per_epoch=5)
     assert schedules["lr"][5] == pytest.approx(1e-3)  # after one epoch of warm-up; batch 256
     assert schedules["lr"][-1] == pytest.approx(1e-5)
     assert schedules["weight_decay"][0] == pytest.approx(0.02)

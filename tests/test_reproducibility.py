@@ -15,7 +15,8 @@ import torch
 from conftest import count_calls
 
 from sparsam import DinoFeaturizer
-from sparsam.dino.trainer import DinoTrainer, list_checkpoints
+from sparsam.dino.trainer import DinoTrainer
+from sparsam.training.checkpoints import list_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::sparsam.dino.CollapseWarning")
 

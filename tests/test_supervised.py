@@ -19,12 +19,12 @@ from sparsam import (
     few_shot_curve,
     save_backbone,
 )
-from sparsam._checkpoints import list_checkpoints
 from sparsam._estimator import build_backbone
 from sparsam.data.training import TrainingImages
-from sparsam.dino.augment import MultiCropAugmentation
 from sparsam.supervised import FineTuneConfig, FineTuneTrainer
 from sparsam.supervised.trainer import ClassifierModel, balanced_accuracy
+from sparsam.training.augment import MultiCropAugmentation
+from sparsam.training.checkpoints import list_checkpoints
 
 # The conftest's small XCiT (BatchNorm, drop-path 0.2, depth 2) as a classifier: 40 images,
 # 12 of them validation, 28 in batches of 8 = 4 steps per epoch.

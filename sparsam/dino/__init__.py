@@ -1,13 +1,15 @@
-"""DINO (Caron et al. 2021) in pure torch: augmentation, head, loss, schedules, trainer.
+"""DINO (Caron et al. 2021) in pure torch: head, loss, trainer.
 
-Nothing here imports scikit-learn; ``sparsam.DinoFeaturizer`` is the sklearn face.
+Nothing here imports scikit-learn; ``sparsam.DinoFeaturizer`` is the sklearn face. The
+augmentation and the schedules live in the training core both loops share
+(`sparsam.training.augment`, `sparsam.training.optimization`) and are re-exported here.
 """
 
 from ..evaluation.quality import rankme
-from .augment import MultiCropAugmentation
+from ..training.augment import MultiCropAugmentation
+from ..training.optimization import cosine_schedule, warmup_then_constant
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss
-from .schedules import cosine_schedule, warmup_then_constant
 from .trainer import CollapseWarning, DinoTrainer, TrainingConfig
 
 __all__ = [

@@ -2,41 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from .._checkpoints import (
-    CheckpointWarning,
-    checkpoint_name,
-    interruptible,
-    list_checkpoints,
-    newest_readable_checkpoint,
-    read_checkpoint,
-    refuse_another_run,
-    seed_global_generators,
-)
-from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
 from ..evaluation.quality import rankme
-from ..training.compilation import RegionalCompilation, compiled_regions, forward_restorer
-from ..training.statistics import StepStatistics
-from .augment import MultiCropAugmentation, normalize
-from .distributed import (
+from ..training.augment import MultiCropAugmentation
+from ..training.callbacks import Callback
+from ..training.checkpoints import settings_of
+from ..training.compilation import compiled_regions, forward_restorer
+from ..training.distributed import (
     average_batchnorm_statistics,
-    broadcast_object,
     gather_objects,
     is_distributed,
     is_main_process,
@@ -45,18 +33,13 @@ from .distributed import (
     to_sync_batchnorm,
     world_size,
 )
+from ..training.loop import Run, TrainingLoop
+from ..training.optimization import adamw, set_step_values
+from .config import TrainingConfig, dino_schedules
 from .head import DinoHead, MultiCropModel
 from .loss import DinoLoss, koleo_loss
-from .schedules import cosine_schedule, warmup_then_constant
 
-__all__ = [
-    "CheckpointWarning",
-    "CollapseWarning",
-    "DinoTrainer",
-    "TrainingConfig",
-    "list_checkpoints",
-    "resolve_precision",
-]
+__all__ = ["CollapseWarning", "DinoTrainer", "TrainingConfig"]
 
 logger = logging.getLogger("sparsam")
 
@@ -64,63 +47,13 @@ logger = logging.getLogger("sparsam")
 # inference per epoch, kept on the device as uint8 (77 MB at 224 px). RankMe cannot exceed
 # the number of images, and 512 is above the width of the paper's XCiT-S12 (384).
 QUALITY_IMAGES = 512
-# Steps between host reads of the loss on a GPU (finiteness): each read waits for the GPU.
-CUDA_CHECK_EVERY = 32
 
 
 class CollapseWarning(UserWarning):
     """DINO training ended with outputs that look collapsed (see ``DinoTrainer.fit``)."""
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Optimisation settings of one DINO run; defaults are DINO's ViT-S/16 values.
-
-    ``lr`` is the base learning rate for a batch of 256; the rate used is
-    ``lr * batch_size / 256`` (Goyal et al. 2017, as in DINO). ``clip_grad_mode``
-    ``"per_parameter"`` clips each parameter's gradient norm to ``clip_grad`` as DINO's
-    ``utils.clip_gradients`` does; ``"global"`` clips the norm of all gradients together
-    (``torch.nn.utils.clip_grad_norm_``). ``koleo_weight`` multiplies the sum of the KoLeo
-    terms of the global crops, as in DINOv2.
-    """
-
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    teacher_momentum: float = 0.996
-    teacher_temperature: float = 0.04
-    warmup_teacher_temperature: float = 0.04
-    warmup_teacher_temperature_epochs: int = 0
-    clip_grad: float | None = 3.0
-    clip_grad_mode: str = "per_parameter"
-    freeze_last_layer_epochs: int = 1
-    koleo_weight: float = 0.0
-    head_warmup_epochs: int = 0
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; None means full fp32.
-
-    ``"auto"`` picks bf16 on CUDA devices that support it and fp32 on the CPU: on a 2-core
-    CPU with AMX and AVX512-BF16, bf16 autocast made a ViT forward+backward 1.5x (ViT-S/16,
-    224 px) to 2.4x (4 blocks, 96 wide, 16 px) slower than fp32, although a bare bf16 matrix
-    product ran 4.7x faster: the casts autocast adds cost more than the matrix units save at
-    these sizes (``benchmarks/RESULTS.md``). ``"bf16"`` forces autocast anywhere.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-class DinoTrainer:
+class DinoTrainer(TrainingLoop):
     """Self-distillation without labels (Caron et al. 2021) for one backbone.
 
     The student sees every crop, the teacher only the global crops; the teacher is an
@@ -172,8 +105,8 @@ class DinoTrainer:
         Steps between the host's reads of the loss: a non-finite loss stops training at the
         next read, and checkpoints are written only after one. None reads every step on the
         CPU, where reading costs nothing and training stops before a non-finite step changes
-        the model, and every `CUDA_CHECK_EVERY` steps on a GPU, where every read makes the CPU
-        wait for the GPU.
+        the model, and every `sparsam.training.loop.CUDA_CHECK_EVERY` steps on a GPU, where
+        every read makes the CPU wait for the GPU.
     select : callable or None, default=None
         ``select(backbone) -> float``, higher is better: a score of the teacher backbone
         (given in eval mode, under ``torch.inference_mode`` and the training autocast),
@@ -184,11 +117,16 @@ class DinoTrainer:
     select_key : str, default=""
         Identifies what ``select`` scores (a digest of the labels): part of the run identity,
         so that a checkpoint is resumed only with the same selection.
+    callbacks : sequence of Callback, default=()
+        Called at the start and the end of every epoch (`sparsam.training.callbacks`); not
+        part of the run identity.
 
     Attributes
     ----------
     student, teacher : MultiCropModel
         Backbone + head of each side; ``teacher.backbone`` is what the features come from.
+    backbone : nn.Module
+        ``teacher.backbone``.
     history : dict of list
         Per-epoch ``loss``, ``teacher_entropy``, ``teacher_mean_entropy``, ``kl``, ``lr``,
         ``weight_decay``, ``teacher_momentum``, ``teacher_temperature``, ``seconds`` and
@@ -210,6 +148,30 @@ class DinoTrainer:
         starting weights); the last epoch without ``select``.
     """
 
+    name = "DINO training"
+    checkpoint_prefix = "dino"
+    checkpoint_keys = (
+        "epoch",
+        "step",
+        "order",
+        "totals",
+        "student",
+        "teacher",
+        "optimizer",
+        "center",
+        "generator",
+        "torch_rng",
+        "cuda_rng",
+        "config",
+        "history",
+    )
+    interrupt_announcement = (
+        "Interrupted: DINO stops after this step and saves a checkpoint "
+        "(press Ctrl-C again to stop at once, without one)."
+    )
+    resume_hint = " (sparsam pretrain: add --resume)"
+    shards_across_processes = True
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -226,61 +188,49 @@ class DinoTrainer:
         check_every: int | None = None,
         select: Callable[[nn.Module], float] | None = None,
         select_key: str = "",
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every!r}.")
-        if check_every is not None and check_every < 1:
-            raise ValueError(f"check_every must be None or >= 1, got {check_every!r}.")
-        if checkpoint_keep < 1:
-            raise ValueError(f"checkpoint_keep must be >= 1, got {checkpoint_keep!r}.")
         if config.clip_grad_mode not in ("per_parameter", "global"):
             raise ValueError(
                 "clip_grad_mode must be 'per_parameter' or 'global', "
                 f"got {config.clip_grad_mode!r}."
             )
-        self.config = config
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        self.device = device
+        super().__init__(
+            augmentation,
+            config,
+            device,
+            autocast_dtype,
+            checkpoint_dir,
+            checkpoint_keep,
+            compile,
+            check_every,
+            callbacks,
+        )
         self.checkpoint_every = checkpoint_every
-        self.checkpoint_keep = checkpoint_keep
-        self.compile = compile
         self.select = select
         self.select_key = select_key
         self.initial_selection_score = math.nan
         self.selected_epoch = -1
-        self._best: dict = {}
-        if check_every is None:
-            check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
-        self.check_every = check_every
         self._distributed_student: nn.Module | None = None
         self._average_teacher_statistics = False
-        self._step = 0
         self._shard: tuple[int, int | None] = (0, None)
-        self.autocast_dtype = autocast_dtype
-        self.augmentation = augmentation
-        self.loss = loss.to(device)
-        self.checkpoint_dir = (
-            check_writable_directory(checkpoint_dir, "checkpoint_dir")
-            if checkpoint_dir is not None
-            else None
-        )
-        self.student = MultiCropModel(backbone, head).to(device)
+        self.loss = loss.to(self.device)
+        self.student = MultiCropModel(backbone, head).to(self.device)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         self._set_training_modes()
-        # One fused kernel for the whole update on a GPU instead of a few per parameter group.
-        self.optimizer = torch.optim.AdamW(
-            weight_decay_groups(self.student), fused=device.type == "cuda"
-        )
-        self._compilation = RegionalCompilation([], enabled=False)
-        self._statistics = StepStatistics(device)
+        self.optimizer = adamw(self.student, self.device)
         self._steps_per_epoch: int | None = None
-        self._may_compile = False
-        self.history: dict[str, list[float]] = {}
         self.initial_rankme = math.nan
         self._quality_images: torch.Tensor | None = None
         self._initial_weights = weights_digest(self.student, {})
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The teacher's backbone: what the features come from."""
+        return self.teacher.backbone
 
     def fit(
         self,
@@ -308,8 +258,23 @@ class DinoTrainer:
         """
         if isinstance(images, torch.Tensor):
             images = TrainingImages(None, images.shape[-1], images)
+        run = self._plan(images, generator)
+        images.to(self.device)
+        self._quality_images = _quality_images(images).to(self.device)
+        # DINO's own batch slice of this rank: augmentation draws for the whole global batch
+        # and keeps this rank's part, so 2 ranks x 8 images see the crops 1 x 16 would.
+        self._shard = (rank() * run.batch_size, run.global_batch)
+        self._steps_per_epoch = run.steps_per_epoch
+        self._train(run, progress)
+        self._keep_best_snapshot()
+        if is_main_process():
+            self._warn_if_collapsed()
+        return self.history
+
+    def _plan(self, images: TrainingImages, generator: torch.Generator) -> _DinoRun:
+        """The shape of a run on ``images``: batches per rank and in all, steps, schedules."""
         config = self.config
-        ranks, this_rank = world_size(), rank()
+        ranks = world_size()
         n_images = len(images)
         batch_size = min(config.batch_size, n_images // ranks)
         if batch_size < 1:
@@ -326,51 +291,30 @@ class DinoTrainer:
         global_batch = batch_size * ranks
         # The last incomplete batch is dropped, as in DINO.
         steps_per_epoch = n_images // global_batch
-        schedules = _schedules(config, global_batch, steps_per_epoch)
+        schedules = dino_schedules(config, global_batch, steps_per_epoch)
         # Keying the images costs a pass over them; only a checkpoint needs the identity.
         settings = (
             self._settings(images, generator, ranks) if self.checkpoint_dir is not None else {}
         )
-        images.to(self.device)
-        self._quality_images = _quality_images(images).to(self.device)
-        # DINO's own batch slice of this rank: augmentation draws for the whole global batch
-        # and keeps this rank's part, so 2 ranks x 8 images see the crops 1 x 16 would.
-        self._shard = (this_rank * batch_size, global_batch)
-        cuda_devices = [self.device] if self.device.type == "cuda" else []
-        plan = _Plan(batch_size, global_batch, steps_per_epoch, schedules, settings)
-        self._steps_per_epoch = steps_per_epoch
-        with (
-            torch.random.fork_rng(devices=cuda_devices),
-            interruptible(
-                "Interrupted: DINO stops after this step and saves a checkpoint "
-                "(press Ctrl-C again to stop at once, without one).",
-                enabled=not is_distributed(),
-            ) as interrupted,
-            RegionalCompilation(self._compiled_modules(), self.compile) as compilation,
-        ):
-            self._compilation = compilation
-            seed = int(torch.randint(2**62, (1,), generator=generator))
-            # Each rank its own drop-path masks.
-            seed_global_generators(seed + this_rank, self.device)
-            self.initial_rankme = self._teacher_rankme()
-            self._best = {}
-            if self.select is not None:
-                self._best = self._snapshot(0, self._teacher_score())
-                self.initial_selection_score = self._best["score"]
-            position = self._resume(generator, settings)
-            self._set_training_modes()
-            self._wrap_for_distributed()
-            try:
-                self._train_epochs(images, generator, position, plan, interrupted, progress)
-            finally:
-                self._compilation = RegionalCompilation([], enabled=False)
-                self._unwrap_for_distributed()
-                images.close()
-                self._quality_images = None
-        self._keep_best_snapshot()
-        if is_main_process():
-            self._warn_if_collapsed()
-        return self.history
+        return _DinoRun(
+            images, generator, steps_per_epoch, settings, batch_size, global_batch, schedules
+        )
+
+    def _start(self, run: _DinoRun) -> int:
+        """Measure the starting teacher, resume, and set the modes DINO trains in."""
+        self.initial_rankme = self._teacher_rankme()
+        self._best = {}
+        if self.select is not None:
+            self._best = self._snapshot(0, self._teacher_score())
+            self.initial_selection_score = self._best["score"]
+        run.position = self._resume(run.generator, run.settings)
+        self._set_training_modes()
+        self._wrap_for_distributed()
+        return run.position.epoch
+
+    def _finish(self) -> None:
+        self._unwrap_for_distributed()
+        self._quality_images = None
 
     def _teacher_score(self) -> float:
         """``select``'s score of the teacher backbone as it is now."""
@@ -398,92 +342,76 @@ class DinoTrainer:
         if self.selected_epoch != trained:
             self.teacher.backbone.load_state_dict(self._best["state"])
 
-    def _train_epochs(
-        self,
-        images: TrainingImages,
-        generator: torch.Generator,
-        position: _Position,
-        plan: _Plan,
-        interrupted: Callable[[], bool],
-        progress: Callable[[int, dict[str, float]], None] | None,
-    ) -> None:
-        """Train from ``position`` to the last epoch, recording and saving after each."""
-        config = self.config
-        for epoch in range(position.epoch, config.epochs):
-            if position.order is None or epoch != position.epoch:
-                order = torch.randperm(len(images), generator=generator)
-                position = _Position(epoch, 0, order, {})
-            row = self._train_epoch(images, generator, position, plan, interrupted)
-            row["rankme"] = self._teacher_rankme()
-            if self.select is not None:
-                row["selection_score"] = score = self._teacher_score()
-                # Ties go to the later epoch: more training at the same score. Only a new
-                # best is copied (a backbone's weights, every epoch, would be wasted).
-                if score >= self._best["score"]:
-                    self._best = self._snapshot(epoch + 1, score)
-            for name, value in row.items():
-                self.history.setdefault(name, []).append(value)
-            if is_main_process():
-                logger.info(
-                    "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), "
-                    "KL %.4f, RankMe %.1f",
-                    epoch + 1,
-                    config.epochs,
-                    row["loss"],
-                    row["teacher_entropy"],
-                    self.loss.max_entropy,
-                    row["kl"],
-                    row["rankme"],
-                )
-            position = _Position(epoch + 1, 0, None, {})
-            path = self._save_checkpoint(position, generator, plan)
-            if progress is not None:
-                progress(epoch, row)
-            if interrupted() and epoch + 1 < config.epochs:
-                self._stop_interrupted(position, plan.steps_per_epoch, path)
+    def _run_epoch(
+        self, run: _DinoRun, epoch: int, interrupted: Callable[[], bool]
+    ) -> dict[str, float]:
+        """Train (the rest of) epoch ``epoch``, then measure the teacher; the epoch's row."""
+        position = run.position
+        if position.order is None or epoch != position.epoch:
+            order = torch.randperm(len(run.images), generator=run.generator)
+            position = _Position(epoch, 0, order, {})
+        row = self._train_epoch(run, position, interrupted)
+        row["rankme"] = self._teacher_rankme()
+        if self.select is not None:
+            row["selection_score"] = score = self._teacher_score()
+            # Ties go to the later epoch: more training at the same score. Only a new
+            # best is copied (a backbone's weights, every epoch, would be wasted).
+            if score >= self._best["score"]:
+                self._best = self._snapshot(epoch + 1, score)
+        return row
+
+    def _epoch_summary(self, epoch: int, row: dict[str, float]) -> tuple:
+        return (
+            "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), KL %.4f, RankMe %.1f",
+            epoch + 1,
+            self.config.epochs,
+            row["loss"],
+            row["teacher_entropy"],
+            self.loss.max_entropy,
+            row["kl"],
+            row["rankme"],
+        )
+
+    def _save_after_epoch(self, run: _DinoRun, epochs_done: int) -> Path | None:
+        return self._save_checkpoint(_Position(epochs_done, 0, None, {}), run.generator, run)
+
+    def _interruption_point(self, run: _DinoRun, epoch: int, step: int = 0) -> str:
+        return f"at epoch {epoch + 1}, step {step}/{run.steps_per_epoch}"
 
     def _train_epoch(
-        self,
-        images: TrainingImages,
-        generator: torch.Generator,
-        position: _Position,
-        plan: _Plan,
-        interrupted: Callable[[], bool],
+        self, run: _DinoRun, position: _Position, interrupted: Callable[[], bool]
     ) -> dict[str, float]:
         """Train the rest of an epoch from ``position``; the epoch's history row."""
         started = time.perf_counter()
         epoch = position.epoch
-        self._statistics = StepStatistics(self.device, position.totals)
         # Compiling happens at a block's first call in a new mode (the head warm-up switches
         # the backbone's gradients at an epoch's start): the first step of an epoch can be
         # repeated uncompiled if compiling fails.
-        self._may_compile = self._compilation.active
-        offset = rank() * plan.batch_size
+        self._begin_epoch(position.totals)
+        offset = rank() * run.batch_size
         starts = range(
-            position.step * plan.global_batch,
-            plan.steps_per_epoch * plan.global_batch,
-            plan.global_batch,
+            position.step * run.global_batch,
+            run.steps_per_epoch * run.global_batch,
+            run.global_batch,
         )
         shards = [
-            position.order[start + offset : start + offset + plan.batch_size] for start in starts
+            position.order[start + offset : start + offset + run.batch_size] for start in starts
         ]
-        for done, batch in enumerate(images.batches(shards), start=position.step + 1):
-            self._step = epoch * plan.steps_per_epoch + done - 1
-            values = {
-                name: float(schedule[self._step]) for name, schedule in plan.schedules.items()
-            }
-            self.train_step(batch.to(self.device, non_blocking=True), generator, epoch, values)
+        for done, batch in enumerate(run.images.batches(shards), start=position.step + 1):
+            self._step = epoch * run.steps_per_epoch + done - 1
+            values = {name: float(schedule[self._step]) for name, schedule in run.schedules.items()}
+            self.train_step(batch.to(self.device, non_blocking=True), run.generator, epoch, values)
             self._may_compile = False
             every = self.checkpoint_every
             due = every is not None and (self._step + 1) % every == 0
-            if done < plan.steps_per_epoch and (due or interrupted()):
+            if done < run.steps_per_epoch and (due or interrupted()):
                 position = _Position(epoch, done, position.order, self._statistics.totals())
-                path = self._save_checkpoint(position, generator, plan)
+                path = self._save_checkpoint(position, run.generator, run)
                 if interrupted():
-                    self._stop_interrupted(position, plan.steps_per_epoch, path)
+                    self._stop_interrupted(self._interruption_point(run, epoch, done), path)
         self._raise_if_non_finite()
         totals = self._statistics.totals()
-        row = {name: total / plan.steps_per_epoch for name, total in totals.items()}
+        row = {name: total / run.steps_per_epoch for name, total in totals.items()}
         row = _mean_over_ranks(row, self.device)
         row.update(values)
         row["seconds"] = time.perf_counter() - started
@@ -502,9 +430,8 @@ class DinoTrainer:
         also added to the epoch's sums: reading them on the host would make the CPU wait for
         the GPU (`sparsam.training.statistics`).
         """
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = values["lr"]
-            group["weight_decay"] = values["weight_decay"] if i == 0 else 0.0
+        # DINO: no weight decay on biases and normalisation (`weight_decay_groups`).
+        set_step_values(self.optimizer, values["lr"], values["weight_decay"])
         # A fresh head at full learning rate damages pretrained features (a common complaint
         # in DINO's issue tracker): the backbone stays frozen while the new head warms up.
         # DistributedDataParallel needs the same parameters to require gradients throughout,
@@ -558,9 +485,7 @@ class DinoTrainer:
             koleo = torch.stack([koleo_loss(view) for view in global_embeddings]).sum()
             stats["koleo"] = koleo.detach()
             loss = loss + self.config.koleo_weight * koleo
-        self._statistics.check(self._step, loss)
-        if (self._step + 1) % self.check_every == 0:
-            self._raise_if_non_finite()
+        self._check_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
         if self._distributed_student is None:
             loss.backward()
@@ -572,20 +497,17 @@ class DinoTrainer:
                 loss.backward()
         return {"loss": dino_loss.detach(), **stats}
 
-    def _raise_if_non_finite(self) -> None:
-        """Stop training if a loss since the epoch's start was not finite (one host read)."""
-        bad = self._statistics.first_non_finite()
-        if bad is None:
-            return
-        step, value = bad
+    def _non_finite_message(self, step: int, value: float, stopped: str) -> str:
         steps_per_epoch = self._steps_per_epoch or step + 1
         where = f" in {self.checkpoint_dir}" if self.checkpoint_dir is not None else ""
-        stopped = self._statistics.how_stopped(step, self._step, self.check_every)
-        raise FloatingPointError(
+        return (
             f"DINO loss is {value} at epoch {step // steps_per_epoch + 1}, step {step + 1}: "
             f"{stopped}, and the last checkpoint{where} (if any) "
             "holds the last good state. Lower lr, raise warmup_epochs, or use precision='fp32'."
         )
+
+    def _trained_model(self) -> nn.Module:
+        return self.student
 
     def _compiled_modules(self) -> list[nn.Module]:
         """What ``compile`` compiles: the blocks of both backbones and both heads."""
@@ -621,24 +543,6 @@ class DinoTrainer:
         to_batchnorm(self.student)
         to_batchnorm(self.teacher)
 
-    def _stop_interrupted(
-        self, position: _Position, steps_per_epoch: int, path: Path | None
-    ) -> None:
-        where = f"epoch {position.epoch + 1}, step {position.step}/{steps_per_epoch}"
-        if path is None:
-            message = (
-                f"DINO training interrupted at {where}; nothing was saved (checkpoint_dir is "
-                "None). Pass checkpoint_dir to be able to resume an interrupted run."
-            )
-        else:
-            message = (
-                f"DINO training interrupted at {where}; saved {path}. To resume, call fit "
-                f"again with the same parameters, images and checkpoint_dir="
-                f"{os.fspath(self.checkpoint_dir)!r} (sparsam pretrain: add --resume)."
-            )
-        logger.warning(message)
-        raise KeyboardInterrupt(message)
-
     def _teacher_rankme(self) -> float:
         """`rankme` of the teacher backbone's embeddings of the quality images."""
         images = self._quality_images
@@ -649,17 +553,8 @@ class DinoTrainer:
         # them alone, and no drop-path draws from the generators training uses.
         backbone.eval()
         try:
-            # Uncompiled: compiling the blocks once more for inference would cost more than
-            # the few batches it would speed up.
-            with torch.inference_mode(), self._autocast(), self._compilation.eager():
-                embeddings = torch.cat(
-                    [
-                        backbone(
-                            normalize(chunk, self.augmentation.mean, self.augmentation.std)
-                        ).float()
-                        for chunk in images.split(self.config.batch_size)
-                    ]
-                )
+            with torch.inference_mode():
+                embeddings = self._infer(backbone, images.split(self.config.batch_size))
         finally:
             self._set_training_modes()
         return rankme(embeddings)
@@ -691,11 +586,6 @@ class DinoTrainer:
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1 - momentum)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _warn_if_collapsed(self) -> None:
         if not self.history:
             return
@@ -722,34 +612,22 @@ class DinoTrainer:
 
     def _settings(self, images: TrainingImages, generator: torch.Generator, ranks: int) -> dict:
         """What identifies a run: a checkpoint is resumed only when all of it agrees."""
-        augmentation = {
-            name: list(value) if isinstance(value, tuple) else value
-            for name, value in asdict(self.augmentation).items()
-        }
-        stochastic_depth = [
-            float(module.drop_prob)
-            for module in self.student.modules()
-            if isinstance(getattr(module, "drop_prob", None), float)
-        ]
         return {
             **asdict(self.config),
-            "augmentation": augmentation,
+            "augmentation": settings_of(self.augmentation),
             "loss": {
                 "out_dim": self.loss.out_dim,
                 "student_temperature": self.loss.student_temperature,
                 "center_momentum": self.loss.center_momentum,
             },
-            "precision": str(self.autocast_dtype or torch.float32),
-            "drop_path": stochastic_depth,
-            "seed": generator.initial_seed(),
-            "images": images.fingerprint(),
+            **self._identity(images, generator),
             "initial_weights": self._initial_weights,
             "world_size": ranks,
             **({"labels": self.select_key} if self.select is not None else {}),
         }
 
     def _save_checkpoint(
-        self, position: _Position, generator: torch.Generator, plan: _Plan
+        self, position: _Position, generator: torch.Generator, plan: _DinoRun
     ) -> Path | None:
         """Write the state after ``position`` (rank 0; every rank takes part); its path."""
         if self.checkpoint_dir is None:
@@ -784,49 +662,25 @@ class DinoTrainer:
             "history": self.history,
             "best": self._best or None,
         }
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_dir / checkpoint_name(
-            position.epoch * plan.steps_per_epoch + position.step
-        )
-        with atomic_write(path) as file:
-            torch.save(state, file)
-        for old in list_checkpoints(self.checkpoint_dir)[self.checkpoint_keep :]:
-            old.unlink(missing_ok=True)
-        return path
+        return self._write_checkpoint(state, position.epoch * plan.steps_per_epoch + position.step)
 
     def _resume(self, generator: torch.Generator, settings: dict) -> _Position:
         """Load the newest readable checkpoint of this run; where training continues."""
-        start = _Position(0, 0, None, {})
-        if self.checkpoint_dir is None:
-            return start
-        path, state = None, None
-        if is_main_process():
-            path, state = newest_readable_checkpoint(
-                self.checkpoint_dir, self.device, _CHECKPOINT_KEYS
-            )
-        path = broadcast_object(None if path is None else os.fspath(path))
+        path, state = self._newest_checkpoint()
         if path is None:
-            return start
-        path = Path(path)
-        if state is None:
-            # The other ranks read the file rank 0 chose (a shared file system).
-            state = read_checkpoint(path, self.device, _CHECKPOINT_KEYS)
-        refuse_another_run(path, state["config"], settings)
-        try:
-            self.student.load_state_dict(state["student"])
-            self.teacher.load_state_dict(state["teacher"])
-        except RuntimeError as error:
-            raise ValueError(
-                f"Checkpoint {path} holds a different model (backbone or head settings differ: "
-                f"{error}); use another checkpoint_dir or delete the file."
-            ) from error
-        self.optimizer.load_state_dict(state["optimizer"])
+            return _Position(0, 0, None, {})
+        # Each rank its own generators' states.
+        cuda_rng = state["cuda_rng"][rank()] if state["cuda_rng"] else None
+        self._restore(
+            path,
+            state,
+            settings,
+            {"student": self.student, "teacher": self.teacher},
+            generator,
+            (state["torch_rng"][rank()], cuda_rng),
+            "backbone or head settings differ: ",
+        )
         self.loss.center.copy_(state["center"])
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"][rank()].cpu())
-        if self.device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state(state["cuda_rng"][rank()].cpu(), self.device)
-        self.history = {name: list(values) for name, values in state["history"].items()}
         if state.get("best"):
             self._best = dict(state["best"])
         epoch, step = int(state["epoch"]), int(state["step"])
@@ -835,17 +689,6 @@ class DinoTrainer:
         if step == 0:
             return _Position(epoch, 0, None, {})
         return _Position(epoch, step, state["order"], dict(state["totals"][rank()]))
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The fixed shape of a run: batch per rank and in all, steps, schedules, identity."""
-
-    batch_size: int
-    global_batch: int
-    steps_per_epoch: int
-    schedules: dict[str, torch.Tensor]
-    settings: dict
 
 
 @dataclass
@@ -858,6 +701,16 @@ class _Position:
     totals: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _DinoRun(Run):
+    """A DINO run's fixed shape (batch per rank and in all, schedules) and where it stands."""
+
+    batch_size: int
+    global_batch: int
+    schedules: dict[str, np.ndarray]
+    position: _Position = field(default_factory=lambda: _Position(0, 0, None, {}))
+
+
 def _quality_images(images: TrainingImages) -> torch.Tensor:
     """The uint8 training images RankMe is measured on: at most `QUALITY_IMAGES`, evenly spaced."""
     n_images = len(images)
@@ -868,25 +721,6 @@ def _quality_images(images: TrainingImages) -> torch.Tensor:
     return batch
 
 
-def _schedules(config: TrainingConfig, global_batch: int, steps_per_epoch: int) -> dict:
-    """Per-step lr, weight decay, teacher momentum and temperature of a run."""
-    total_steps = config.epochs * steps_per_epoch
-    scaled_lr = config.lr * global_batch / 256
-    return {
-        "lr": cosine_schedule(
-            scaled_lr, config.min_lr, total_steps, config.warmup_epochs * steps_per_epoch
-        ),
-        "weight_decay": cosine_schedule(config.weight_decay, config.weight_decay_end, total_steps),
-        "teacher_momentum": cosine_schedule(config.teacher_momentum, 1.0, total_steps),
-        "teacher_temperature": warmup_then_constant(
-            config.warmup_teacher_temperature,
-            config.teacher_temperature,
-            total_steps,
-            config.warmup_teacher_temperature_epochs * steps_per_epoch,
-        ),
-    }
-
-
 def _mean_over_ranks(row: dict[str, float], device: torch.device) -> dict[str, float]:
     """The ranks' mean of each value, so that every rank records the same history."""
     if not is_distributed() or world_size() == 1:
@@ -895,36 +729,3 @@ def _mean_over_ranks(row: dict[str, float], device: torch.device) -> dict[str, f
     values = torch.tensor([row[name] for name in names], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(values)
     return dict(zip(names, (values / world_size()).tolist(), strict=True))
-
-
-_CHECKPOINT_KEYS = (
-    "epoch",
-    "step",
-    "order",
-    "totals",
-    "student",
-    "teacher",
-    "optimizer",
-    "center",
-    "generator",
-    "torch_rng",
-    "cuda_rng",
-    "config",
-    "history",
-)
-
-
-def weight_decay_groups(model: nn.Module) -> list[dict]:
-    """Weight decay on weight matrices only: not on biases and normalisation (as in DINO).
-
-    Two groups, ``[decay, no_decay]``, in this order (either may be empty): ``train_step`` sets
-    the scheduled weight decay on the first and 0 on the second, and checkpoints store the
-    optimizer state in this order.
-    """
-    # timm's grouping is DINO's (bias or ndim <= 1 exempt; no parameter of a DINO model is
-    # 0-dimensional), but it lists the groups [no_decay, decay] and drops empty ones. The
-    # placeholder decay is AdamW's default, which train_step replaces on every step.
-    groups = param_groups_weight_decay(model, weight_decay=0.01)
-    decay = [p for group in groups if group["weight_decay"] for p in group["params"]]
-    no_decay = [p for group in groups if not group["weight_decay"] for p in group["params"]]
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

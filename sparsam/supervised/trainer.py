@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,23 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checkpoints import (
-    checkpoint_name,
-    interruptible,
-    list_checkpoints,
-    newest_readable_checkpoint,
-    refuse_another_run,
-    seed_global_generators,
-)
-from .._files import atomic_write, check_writable_directory
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
-from ..dino.augment import MultiCropAugmentation, normalize
-from ..dino.distributed import is_main_process
-from ..dino.schedules import cosine_schedule
-from ..dino.trainer import CUDA_CHECK_EVERY, weight_decay_groups
-from ..training.compilation import RegionalCompilation, compiled_regions, forward_restorer
-from ..training.statistics import StepStatistics
+from ..training.augment import MultiCropAugmentation
+from ..training.callbacks import Callback
+from ..training.checkpoints import digest, settings_of
+from ..training.compilation import compiled_regions, forward_restorer
+from ..training.distributed import is_main_process
+from ..training.loop import Run, TrainingLoop
+from ..training.optimization import adamw, cosine_schedule, set_step_values
 from ..training.transfer import on_device
 
 __all__ = ["ClassifierModel", "FineTuneConfig", "FineTuneTrainer", "balanced_accuracy"]
@@ -42,17 +31,6 @@ __all__ = ["ClassifierModel", "FineTuneConfig", "FineTuneTrainer", "balanced_acc
 logger = logging.getLogger("sparsam")
 
 CHECKPOINT_PREFIX = "supervised"
-_CHECKPOINT_KEYS = (
-    "epoch",
-    "model",
-    "optimizer",
-    "generator",
-    "torch_rng",
-    "cuda_rng",
-    "config",
-    "history",
-    "best",
-)
 
 
 @dataclass(frozen=True)
@@ -96,7 +74,7 @@ def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(torch.stack(recalls).mean())
 
 
-class FineTuneTrainer:
+class FineTuneTrainer(TrainingLoop):
     """Supervised end-to-end training of ``backbone`` and a new linear head.
 
     Class-weighted cross-entropy, AdamW with weight decay on weight matrices only, a cosine
@@ -132,12 +110,17 @@ class FineTuneTrainer:
         `CompileFallbackWarning` (`sparsam.training.compilation`).
     check_every : int or None, default=None
         Steps between the host's reads of the loss (finiteness); None reads every step on
-        the CPU and every `sparsam.dino.trainer.CUDA_CHECK_EVERY` steps on a GPU.
+        the CPU and every `sparsam.training.loop.CUDA_CHECK_EVERY` steps on a GPU.
+    callbacks : sequence of Callback, default=()
+        Called at the start and the end of every epoch (`sparsam.training.callbacks`); not
+        part of the run identity.
 
     Attributes
     ----------
     model : ClassifierModel
         Backbone and head; after ``fit`` the best epoch's weights.
+    backbone : nn.Module
+        ``model.backbone``.
     history : dict of list
         Per epoch ``loss`` (class-weighted, on the augmented training crops), ``lr``,
         ``seconds`` and, with validation images, ``validation_loss`` and
@@ -146,6 +129,25 @@ class FineTuneTrainer:
         0-based epoch whose weights ``model`` holds after ``fit`` (the last one without
         validation images).
     """
+
+    name = "Fine-tuning"
+    checkpoint_prefix = CHECKPOINT_PREFIX
+    checkpoint_keys = (
+        "epoch",
+        "model",
+        "optimizer",
+        "generator",
+        "torch_rng",
+        "cuda_rng",
+        "config",
+        "history",
+        "best",
+    )
+    interrupt_announcement = (
+        "Interrupted: fine-tuning stops after this epoch and saves a checkpoint "
+        "(press Ctrl-C again to stop at once, without one)."
+    )
+    resume_inputs = "images, labels"
 
     def __init__(
         self,
@@ -159,42 +161,36 @@ class FineTuneTrainer:
         checkpoint_keep: int = 3,
         compile: bool = False,
         check_every: int | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
-        if check_every is not None and check_every < 1:
-            raise ValueError(f"check_every must be None or >= 1, got {check_every!r}.")
         if augmentation.global_crops != 1 or augmentation.local_crops != 0:
             raise ValueError(
                 "Fine-tuning trains on one crop per image: expected an augmentation with "
                 f"global_crops=1 and local_crops=0, got {augmentation.global_crops} and "
                 f"{augmentation.local_crops}."
             )
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        self.config = config
-        self.device = device
-        self.autocast_dtype = autocast_dtype
-        self.augmentation = augmentation
-        self.checkpoint_keep = checkpoint_keep
-        self.compile = compile
-        self.check_every = check_every or (1 if device.type == "cpu" else CUDA_CHECK_EVERY)
-        self.checkpoint_dir = (
-            check_writable_directory(checkpoint_dir, "checkpoint_dir")
-            if checkpoint_dir is not None
-            else None
+        super().__init__(
+            augmentation,
+            config,
+            device,
+            autocast_dtype,
+            checkpoint_dir,
+            checkpoint_keep,
+            compile,
+            check_every,
+            callbacks,
         )
-        self.model = ClassifierModel(backbone, n_classes).to(device)
+        self.model = ClassifierModel(backbone, n_classes).to(self.device)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(
-            weight_decay_groups(self.model), fused=device.type == "cuda"
-        )
-        self._compilation = RegionalCompilation([], enabled=False)
-        self._statistics = StepStatistics(device)
-        self._step = 0
-        self._may_compile = False
-        self.history: dict[str, list[float]] = {}
+        self.optimizer = adamw(self.model, self.device)
         self.best_epoch = -1
-        self._best: dict = {}
+        self._epochs_without_improvement = 0
         self._initial_weights = weights_digest(self.model, {})
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The fine-tuned backbone (``model.backbone``)."""
+        return self.model.backbone
 
     def fit(
         self,
@@ -234,91 +230,91 @@ class FineTuneTrainer:
             else {}
         )
         images.to(self.device)
-        cuda_devices = [self.device] if self.device.type == "cuda" else []
-        compiled = [*compiled_regions(self.model.backbone), self.model.head]
-        with (
-            torch.random.fork_rng(devices=cuda_devices),
-            interruptible(
-                "Interrupted: fine-tuning stops after this epoch and saves a checkpoint "
-                "(press Ctrl-C again to stop at once, without one)."
-            ) as interrupted,
-            RegionalCompilation(compiled, self.compile) as compilation,
-        ):
-            self._compilation = compilation
-            seed = int(torch.randint(2**62, (1,), generator=generator))
-            seed_global_generators(seed, self.device)
-            start, epochs_without_improvement = self._resume(generator, settings)
-            self._step = start * steps_per_epoch
-            try:
-                for epoch in range(start, config.epochs):
-                    if (
-                        validation_indices is not None
-                        and config.patience is not None
-                        and epochs_without_improvement >= config.patience
-                    ):
-                        break
-                    started = time.perf_counter()
-                    order = train_indices[torch.randperm(n_train, generator=generator)]
-                    row = self._train_epoch(
-                        images,
-                        labels,
-                        order.split(batch_size),
-                        class_weights,
-                        generator,
-                        lr[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch],
-                    )
-                    if validation_indices is not None:
-                        row.update(
-                            self._validate(images, labels, validation_indices, class_weights)
-                        )
-                    row["seconds"] = time.perf_counter() - started
-                    for name, value in row.items():
-                        self.history.setdefault(name, []).append(value)
-                    epochs_without_improvement = self._keep_if_best(epoch, row)
-                    if is_main_process():
-                        logger.info(
-                            "Fine-tuning epoch %d/%d: loss %.4f%s",
-                            epoch + 1,
-                            config.epochs,
-                            row["loss"],
-                            ""
-                            if validation_indices is None
-                            else f", validation balanced accuracy "
-                            f"{row['validation_balanced_accuracy']:.3f}",
-                        )
-                    path = self._save_checkpoint(epoch + 1, generator, settings, steps_per_epoch)
-                    if progress is not None:
-                        progress(epoch, row)
-                    if interrupted() and epoch + 1 < config.epochs:
-                        self._stop_interrupted(epoch + 1, path)
-            finally:
-                self._compilation = RegionalCompilation([], enabled=False)
-                images.close()
+        run = _FineTuneRun(
+            images,
+            generator,
+            steps_per_epoch,
+            settings,
+            labels,
+            train_indices,
+            validation_indices,
+            class_weights,
+            batch_size,
+            lr,
+        )
+        self._train(run, progress)
         if self._best:
             self.model.load_state_dict(self._best["state"])
         self.best_epoch = self._best.get("epoch", len(self.history.get("loss", [])) - 1)
         self.model.eval()
         return self.history
 
+    def _start(self, run: _FineTuneRun) -> int:
+        start = self._resume(run.generator, run.settings)
+        self._step = start * run.steps_per_epoch
+        return start
+
+    def _stops_early(self, run: _FineTuneRun) -> bool:
+        """Whether ``config.patience`` epochs brought no better validation score."""
+        config = self.config
+        epochs_without_improvement = self._epochs_without_improvement
+        return (
+            run.validation_indices is not None
+            and config.patience is not None
+            and epochs_without_improvement >= config.patience
+        )
+
+    def _run_epoch(
+        self, run: _FineTuneRun, epoch: int, interrupted: Callable[[], bool]
+    ) -> dict[str, float]:
+        """One epoch of steps, then validation; the epoch's history row."""
+        started = time.perf_counter()
+        spe = run.steps_per_epoch
+        order = run.train_indices[torch.randperm(len(run.train_indices), generator=run.generator)]
+        row = self._train_epoch(
+            run, order.split(run.batch_size), run.lr[epoch * spe : (epoch + 1) * spe]
+        )
+        if run.validation_indices is not None:
+            row.update(
+                self._validate(run.images, run.labels, run.validation_indices, run.class_weights)
+            )
+        row["seconds"] = time.perf_counter() - started
+        self._epochs_without_improvement = self._keep_if_best(epoch, row)
+        return row
+
+    def _epoch_summary(self, epoch: int, row: dict[str, float]) -> tuple:
+        validation = (
+            ""
+            if "validation_balanced_accuracy" not in row
+            else f", validation balanced accuracy {row['validation_balanced_accuracy']:.3f}"
+        )
+        return (
+            "Fine-tuning epoch %d/%d: loss %.4f%s",
+            epoch + 1,
+            self.config.epochs,
+            row["loss"],
+            validation,
+        )
+
+    def _save_after_epoch(self, run: _FineTuneRun, epochs_done: int) -> Path | None:
+        return self._save_checkpoint(epochs_done, run.generator, run.settings, run.steps_per_epoch)
+
+    def _interruption_point(self, run: _FineTuneRun, epochs_done: int) -> str:
+        return f"after epoch {epochs_done}/{self.config.epochs}"
+
     def _train_epoch(
-        self,
-        images: TrainingImages,
-        labels: torch.Tensor,
-        batches: tuple[torch.Tensor, ...],
-        class_weights: torch.Tensor,
-        generator: torch.Generator,
-        lr: np.ndarray,
+        self, run: _FineTuneRun, batches: tuple[torch.Tensor, ...], lr: np.ndarray
     ) -> dict[str, float]:
         """One pass over the batches of image indices; the epoch's mean loss and last lr."""
-        self._statistics = StepStatistics(self.device)
-        # The first step compiles (and may be repeated uncompiled if compiling fails).
-        self._may_compile = self._compilation.active
-        for indices, batch, step_lr in zip(batches, images.batches(list(batches)), lr, strict=True):
+        self._begin_epoch()
+        for indices, batch, step_lr in zip(
+            batches, run.images.batches(list(batches)), lr, strict=True
+        ):
             loss = self.train_step(
                 batch.to(self.device, non_blocking=True),
-                labels[on_device(indices, self.device)],
-                class_weights,
-                generator,
+                run.labels[on_device(indices, self.device)],
+                run.class_weights,
+                run.generator,
                 float(step_lr),
             )
             self._statistics.add({"loss": loss * len(indices)})
@@ -337,9 +333,7 @@ class FineTuneTrainer:
         lr: float,
     ) -> torch.Tensor:
         """One step on a uint8 batch; returns its class-weighted loss, a 0-d tensor."""
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = lr
-            group["weight_decay"] = self.config.weight_decay if i == 0 else 0.0
+        set_step_values(self.optimizer, lr, self.config.weight_decay)
         (crops,) = self.augmentation(images, generator)
         restore = forward_restorer([self.model], self.device) if self._may_compile else None
         loss = self._compilation.run(
@@ -354,23 +348,23 @@ class FineTuneTrainer:
         with self._autocast():
             logits = self.model(crops)
         loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
-        self._statistics.check(self._step, loss)
-        if (self._step + 1) % self.check_every == 0:
-            self._raise_if_non_finite()
+        self._check_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return loss.detach()
 
-    def _raise_if_non_finite(self) -> None:
-        bad = self._statistics.first_non_finite()
-        if bad is None:
-            return
-        step, value = bad
-        stopped = self._statistics.how_stopped(step, self._step, self.check_every)
-        raise FloatingPointError(
+    def _non_finite_message(self, step: int, value: float, stopped: str) -> str:
+        return (
             f"Fine-tuning loss is {value} at step {step + 1}: {stopped}. Lower lr or use "
             "precision='fp32'."
         )
+
+    def _trained_model(self) -> nn.Module:
+        return self.model
+
+    def _compiled_modules(self) -> list[nn.Module]:
+        """What ``compile`` compiles: the backbone's blocks and the head."""
+        return [*compiled_regions(self.model.backbone), self.model.head]
 
     @torch.no_grad()
     def _validate(
@@ -384,17 +378,7 @@ class FineTuneTrainer:
         self.model.eval()
         try:
             chunks = list(indices.split(self.config.batch_size))
-            with self._autocast(), self._compilation.eager():
-                logits = torch.cat(
-                    [
-                        self.model(
-                            normalize(
-                                batch.to(self.device), self.augmentation.mean, self.augmentation.std
-                            )
-                        ).float()
-                        for batch in images.batches(chunks)
-                    ]
-                )
+            logits = self._infer(self.model, images.batches(chunks))
         finally:
             self.model.train()
         truth = labels[indices.to(self.device)]
@@ -419,27 +403,6 @@ class FineTuneTrainer:
             }
         return epoch - self._best["epoch"]
 
-    def _stop_interrupted(self, epochs_done: int, path: Path | None) -> None:
-        where = f"after epoch {epochs_done}/{self.config.epochs}"
-        if path is None:
-            message = (
-                f"Fine-tuning interrupted {where}; nothing was saved (checkpoint_dir is None). "
-                "Pass checkpoint_dir to be able to resume an interrupted run."
-            )
-        else:
-            message = (
-                f"Fine-tuning interrupted {where}; saved {path}. To resume, call fit again "
-                "with the same parameters, images, labels and checkpoint_dir="
-                f"{os.fspath(self.checkpoint_dir)!r}."
-            )
-        logger.warning(message)
-        raise KeyboardInterrupt(message)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _settings(
         self,
         images: TrainingImages,
@@ -449,26 +412,15 @@ class FineTuneTrainer:
         generator: torch.Generator,
     ) -> dict:
         """What identifies a run: a checkpoint is resumed only when all of it agrees."""
-        augmentation = {
-            name: list(value) if isinstance(value, tuple) else value
-            for name, value in asdict(self.augmentation).items()
-        }
         split = [
             train_indices.tolist(),
             [] if validation_indices is None else validation_indices.tolist(),
         ]
         return {
             **asdict(self.config),
-            "augmentation": augmentation,
-            "precision": str(self.autocast_dtype or torch.float32),
-            "drop_path": [
-                float(module.drop_prob)
-                for module in self.model.modules()
-                if isinstance(getattr(module, "drop_prob", None), float)
-            ],
-            "seed": generator.initial_seed(),
-            "images": images.fingerprint(),
-            "labels": _digest(labels.tolist(), split),
+            "augmentation": settings_of(self.augmentation),
+            **self._identity(images, generator),
+            "labels": digest(labels.tolist(), split),
             "initial_weights": self._initial_weights,
         }
 
@@ -492,38 +444,18 @@ class FineTuneTrainer:
             "history": self.history,
             "best": self._best,
         }
-        path = self.checkpoint_dir / checkpoint_name(
-            epochs_done * steps_per_epoch, CHECKPOINT_PREFIX
-        )
-        with atomic_write(path) as file:
-            torch.save(state, file)
-        for old in list_checkpoints(self.checkpoint_dir, CHECKPOINT_PREFIX)[self.checkpoint_keep :]:
-            old.unlink(missing_ok=True)
-        return path
+        return self._write_checkpoint(state, epochs_done * steps_per_epoch)
 
-    def _resume(self, generator: torch.Generator, settings: dict) -> tuple[int, int]:
-        """Load the newest readable checkpoint of this run; (next epoch, epochs since best)."""
-        if self.checkpoint_dir is None:
-            return 0, 0
-        path, state = newest_readable_checkpoint(
-            self.checkpoint_dir, self.device, _CHECKPOINT_KEYS, CHECKPOINT_PREFIX
-        )
+    def _resume(self, generator: torch.Generator, settings: dict) -> int:
+        """Load the newest readable checkpoint of this run; the epoch training continues at."""
+        self._epochs_without_improvement = 0
+        path, state = self._newest_checkpoint()
         if path is None:
-            return 0, 0
-        refuse_another_run(path, state["config"], settings)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ValueError(
-                f"Checkpoint {path} holds a different model ({error}); use another "
-                "checkpoint_dir or delete the file."
-            ) from error
-        self.optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if self.device.type == "cuda" and len(state["cuda_rng"]):
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
-        self.history = {name: list(values) for name, values in state["history"].items()}
+            return 0
+        cuda_rng = state["cuda_rng"] if len(state["cuda_rng"]) else None
+        self._restore(
+            path, state, settings, {"model": self.model}, generator, (state["torch_rng"], cuda_rng)
+        )
         self._best = state["best"]
         if self._best:
             self._best["state"] = {
@@ -531,9 +463,18 @@ class FineTuneTrainer:
             }
         epoch = int(state["epoch"])
         logger.info("Resuming fine-tuning from %s (epoch %d)", path, epoch + 1)
-        since_best = epoch - 1 - self._best["epoch"] if self._best else 0
-        return epoch, since_best
+        if self._best:
+            self._epochs_without_improvement = epoch - 1 - self._best["epoch"]
+        return epoch
 
 
-def _digest(*values: object) -> str:
-    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+@dataclass
+class _FineTuneRun(Run):
+    """A fine-tuning run's labels, split, class weights, batch size and learning rates."""
+
+    labels: torch.Tensor
+    train_indices: torch.Tensor
+    validation_indices: torch.Tensor | None
+    class_weights: torch.Tensor
+    batch_size: int
+    lr: np.ndarray

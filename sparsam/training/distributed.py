@@ -236,7 +236,7 @@ def no_sharding() -> Iterator[None]:
 
     Examples
     --------
-    >>> from sparsam.dino.distributed import no_sharding, sharding_active
+    >>> from sparsam.training.distributed import no_sharding, sharding_active
     >>> with no_sharding():
     ...     sharding_active()
     False
@@ -329,7 +329,7 @@ def shard_and_gather(compute: Callable[[range], np.ndarray], n_items: int) -> np
         raise ValueError(
             f"Ranks 0 to {len(sizes) - 1} were given {sizes} items: every rank must pass the "
             "same inputs, of which each computes its shard (or work on each rank's own inputs "
-            "inside sparsam.dino.distributed.no_sharding())."
+            "inside sparsam.training.distributed.no_sharding())."
         )
     _raise_reported_failure(error, [report for _, report, _ in gathered])
     return np.concatenate([shard_rows for _, _, shard_rows in gathered])

@@ -1,10 +1,52 @@
-"""Per-step schedules of DINO: learning rate, weight decay, teacher momentum and temperature."""
+"""The optimizer both training loops use and its per-step schedules.
+
+AdamW with weight decay on weight matrices only (as in DINO), and the schedules of the learning
+rate, weight decay, DINO's teacher momentum and temperature.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
 
-__all__ = ["cosine_schedule", "warmup_then_constant"]
+__all__ = [
+    "adamw",
+    "cosine_schedule",
+    "set_step_values",
+    "warmup_then_constant",
+    "weight_decay_groups",
+]
+
+
+def weight_decay_groups(model: nn.Module) -> list[dict]:
+    """Weight decay on weight matrices only: not on biases and normalisation (as in DINO).
+
+    Two groups, ``[decay, no_decay]``, in this order (either may be empty): ``train_step`` sets
+    the scheduled weight decay on the first and 0 on the second, and checkpoints store the
+    optimizer state in this order.
+    """
+    # timm's grouping is DINO's (bias or ndim <= 1 exempt; no parameter of a DINO model is
+    # 0-dimensional), but it lists the groups [no_decay, decay] and drops empty ones. The
+    # placeholder decay is AdamW's default, which train_step replaces on every step.
+    groups = param_groups_weight_decay(model, weight_decay=0.01)
+    decay = [p for group in groups if group["weight_decay"] for p in group["params"]]
+    no_decay = [p for group in groups if not group["weight_decay"] for p in group["params"]]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(model: nn.Module, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `weight_decay_groups` of ``model``, whose lr and decay `set_step_values` sets."""
+    # One fused kernel for the whole update on a GPU instead of a few per parameter group.
+    return torch.optim.AdamW(weight_decay_groups(model), fused=device.type == "cuda")
+
+
+def set_step_values(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """This step's learning rate on both groups, its weight decay on the weight matrices only."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr
+        group["weight_decay"] = weight_decay if i == 0 else 0.0
 
 
 def cosine_schedule(

@@ -10,6 +10,9 @@ into "stop at the next safe point and save".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -22,17 +25,24 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from .._files import atomic_write
 
 __all__ = [
     "CheckpointWarning",
     "checkpoint_name",
     "describe_differences",
+    "digest",
     "interruptible",
     "list_checkpoints",
     "newest_readable_checkpoint",
     "read_checkpoint",
     "refuse_another_run",
     "seed_global_generators",
+    "settings_of",
+    "stochastic_depth_rates",
+    "write_checkpoint",
 ]
 
 logger = logging.getLogger("sparsam")
@@ -73,6 +83,21 @@ def list_checkpoints(directory: str | os.PathLike, prefix: str = "dino") -> list
         if match and path.is_file():
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found, reverse=True)]
+
+
+def write_checkpoint(state: dict, directory: Path, step: int, prefix: str, keep: int) -> Path:
+    """Save ``state`` as the checkpoint after ``step`` global steps; keep the newest ``keep``.
+
+    The file is written atomically (a temporary file renamed into place), so that a run killed
+    while saving leaves the previous checkpoints intact. Returns its path.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / checkpoint_name(step, prefix)
+    with atomic_write(path) as file:
+        torch.save(state, file)
+    for old in list_checkpoints(directory, prefix)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
 
 
 def newest_readable_checkpoint(
@@ -140,6 +165,28 @@ def describe_differences(saved: dict, current: dict, prefix: str = "") -> list[s
         else:
             differences.append(f"{prefix}{name}: {before!r} in the checkpoint, {now!r} now")
     return differences
+
+
+def settings_of(settings: object) -> dict:
+    """A settings dataclass as a run identity records it: its fields, tuples as lists."""
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in dataclasses.asdict(settings).items()
+    }
+
+
+def stochastic_depth_rates(model: nn.Module) -> list[float]:
+    """The drop-path rate of every module of ``model`` that has one, in module order."""
+    return [
+        float(module.drop_prob)
+        for module in model.modules()
+        if isinstance(getattr(module, "drop_prob", None), float)
+    ]
+
+
+def digest(*values: object) -> str:
+    """SHA-256 of plain values (lists, numbers, strings) as JSON: a short run-identity entry."""
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
 def refuse_another_run(path: Path, saved: dict, current: dict) -> None:

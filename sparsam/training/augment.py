@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..training.transfer import on_device
+from .transfer import on_device
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MultiCropAugmentation", "normalize"]
 
