@@ -264,20 +264,16 @@ def run_evaluate(
     )
     # The featurizer is frozen, so FrozenEstimator(featurizer) -> classifier in few_shot_curve
     # would give the same scores but embed the test images again for every draw: embed once.
-    labeled = np.flatnonzero(labels != -1)
-    if isinstance(images, np.ndarray):
-        labeled_images = images[labeled]
-    else:
-        labeled_images = [images[index] for index in labeled]
+    labeled_images, labeled_labels = _labeled_subset(images, labels)
     features = model.transform(labeled_images)
-    counts = np.bincount(labels[labeled], minlength=len(class_names))
+    counts = np.bincount(labeled_labels, minlength=len(class_names))
     print(
-        f"{dataset}: {len(labels)} images, {len(labeled)} labeled in {len(class_names)} classes "
-        f"({counts.min()} to {counts.max()} per class); features: {source}, "
-        f"{features.shape[1]} dimensions; classifier: {classifier}"
+        f"{dataset}: {len(labels)} images, {len(labeled_labels)} labeled in "
+        f"{len(class_names)} classes ({counts.min()} to {counts.max()} per class); "
+        f"features: {source}, {features.shape[1]} dimensions; classifier: {classifier}"
     )
     draws = {"n_per_class": n_per_class, "n_repeats": n_repeats, "random_state": random_state}
-    result = few_shot_curve(classifiers[classifier], features, labels[labeled], **draws)
+    result = few_shot_curve(classifiers[classifier], features, labeled_labels, **draws)
     evaluation = EvaluationResult(f"{source} + {classifier}", result)
     if supervised:
         print(f"\nFrozen features: {evaluation.features_label}")
@@ -298,7 +294,7 @@ def run_evaluate(
         # Same labels, n_per_class, n_repeats and integer random_state as the frozen-features
         # arm: few_shot_curve draws from nothing else, so both arms see the same draws.
         evaluation = _score_supervised_arm(
-            evaluation, fine_tuned, source, labeled_images, labels[labeled], draws, out
+            evaluation, fine_tuned, source, labeled_images, labeled_labels, draws, out
         )
     if out is not None:
         _write_figure(evaluation, out, dataset)
@@ -332,6 +328,14 @@ def _checked_classifiers(
             f"Unknown classifier {classifier!r}; expected one of {sorted(classifiers)}."
         )
     return classifiers
+
+
+def _labeled_subset(images: Any, labels: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The images with a label (not ``-1``) and their labels, in the same order."""
+    labeled = np.flatnonzero(labels != -1)
+    if isinstance(images, np.ndarray):
+        return images[labeled], labels[labeled]
+    return [images[index] for index in labeled], labels[labeled]
 
 
 def _evaluation_featurizer(
