@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsam.cli import compare_on_digits
 from sparsam.datasets import load_demo
+from sparsam.experiments import compare_on_digits
 from sparsam.model_selection import format_few_shot_table
 from sparsam.recipes import DIGITS_RECIPE
 

@@ -14,7 +14,8 @@ import torch
 matplotlib.use("Agg")
 
 from sparsam import DinoFeaturizer, model_selection, plotting, save_backbone
-from sparsam.cli import main, run_evaluate
+from sparsam.cli import main
+from sparsam.experiments import run_evaluate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -228,8 +229,21 @@ def test_evaluate_returns_both_arms_with_supervised(fitted_featurizer, tmp_path)
         supervised=True,
         supervised_epochs=1,
     )
-    assert list(results) == [f"{path} + knn", "supervised"]
-    assert all(result.n_per_class.tolist() == [2] for result in results.values())
+    assert results.features_label == f"{path} + knn"
+    assert results.supervised_label == f"supervised, fine-tuned from {path}"
+    assert list(results.curves) == [results.features_label, results.supervised_label]
+    assert all(result.n_per_class.tolist() == [2] for result in results.curves.values())
+
+
+def test_evaluate_without_supervised_scores_only_the_frozen_features(fitted_featurizer, tmp_path):
+    path = tmp_path / "featurizer.joblib"
+    joblib.dump(fitted_featurizer, path)
+    results = run_evaluate(
+        "demo", featurizer=path, n_per_class=(2,), n_repeats=1, classifier="knn", verbose=0
+    )
+    assert (results.supervised, results.supervised_label) == (None, None)
+    assert list(results.curves) == [f"{path} + knn"]
+    assert results.features.n_per_class.tolist() == [2]
 
 
 def test_evaluate_refuses_supervised_epochs_without_supervised(tiny_backbone, capsys):

@@ -16,7 +16,8 @@ from conftest import count_calls
 from PIL import Image
 
 from sparsam import DinoFeaturizer, load_backbone
-from sparsam.cli import main, resolve_images
+from sparsam.cli import main
+from sparsam.cli.images import resolve_images
 from sparsam.dino.trainer import DinoTrainer
 from sparsam.training import distributed
 from sparsam.training.checkpoints import list_checkpoints

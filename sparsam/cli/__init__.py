@@ -1,0 +1,91 @@
+"""The ``sparsam`` command line.
+
+``sparsam demo`` shows the method on bundled digits; ``pretrain``, ``embed`` and ``evaluate``
+run it on your images; ``convert`` and ``push`` publish backbones in timm's Hub format.
+
+Each command is a module of this package with an ``add_parser`` and a ``run`` function; ``main``
+assembles the parser from them. The experiments behind ``demo`` and ``evaluate`` live in
+`sparsam.experiments`, which the benchmarks import too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..version import __version__
+from . import convert, demo, embed, evaluate, pretrain, push
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+# The commands in the order `sparsam --help` lists them.
+COMMANDS = {
+    "demo": demo,
+    "evaluate": evaluate,
+    "convert": convert,
+    "push": push,
+    "pretrain": pretrain,
+    "embed": embed,
+}
+
+_DESCRIPTION = """\
+Self-supervised DINO pretraining of timm vision transformers on unlabeled (medical) images,
+and few-shot classification on their frozen embeddings (Nielsen et al. 2023).
+
+example:
+  sparsam demo
+  sparsam pretrain images/ --out my-backbone --pretrained imagenet --epochs 100
+  sparsam embed images/ --backbone my-backbone --out embeddings.npy
+
+Run `sparsam COMMAND --help` for a command's options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sparsam`` parser, with one sub-parser per module of `COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="sparsam",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sparsam {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log progress at INFO level, e.g. one 'DINO epoch ...' line per epoch",
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND"
+    )
+    for command in COMMANDS.values():
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sparsam`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Only sparsam's own logger: INFO of other libraries (httpx, torch) stays hidden. Without
+    # -v the logger keeps the level it has (the root's WARNING unless the caller set one),
+    # and -v lasts for this command only.
+    logger = logging.getLogger("sparsam")
+    previous_level = logger.level
+    if args.verbose:
+        logger.setLevel(logging.INFO)
+    try:
+        # Bad input (ValueError, OSError) becomes exit code 1.
+        COMMANDS[args.command].run(args)
+    except (ValueError, OSError) as error:
+        print(f"sparsam {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Training has logged what it saved and how to resume; no traceback on top of it.
+        print(f"sparsam {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        logger.setLevel(previous_level)
+    return 0

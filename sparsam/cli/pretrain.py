@@ -1,0 +1,307 @@
+"""``sparsam pretrain``: DINO self-supervised pretraining of a backbone on your images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..training.checkpoints import list_checkpoints
+from .images import DATA_HELP, resolve_images
+
+__all__ = ["add_parser", "pretrain_parameters", "run", "run_pretrain"]
+
+# `sparsam pretrain` options that are DinoFeaturizer parameters of the same name; those the
+# user leaves out keep the featurizer's defaults.
+_PRETRAIN_PARAMETERS = (
+    "backbone",
+    "backbone_kwargs",
+    "pretrained",
+    "image_size",
+    "local_crop_size",
+    "local_crops",
+    "epochs",
+    "batch_size",
+    "lr",
+    "out_dim",
+    "koleo_weight",
+    "device",
+    "precision",
+    "num_workers",
+    "checkpoint_every",
+)
+_IN_MEMORY = {"auto": "auto", "yes": True, "no": False}
+_COMPILE = _IN_MEMORY
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--backbone-kwargs``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid JSON ({error.msg}); expected an object such as "
+            '\'{"depth": 4, "embed_dim": 96}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a JSON {type(value).__name__}; expected an object such as "
+            '\'{"depth": 4, "embed_dim": 96}\''
+        )
+    return value
+
+
+def _featurizer_default(name: str) -> str:
+    """``"(default: ...)"`` of the ``DinoFeaturizer`` parameter ``name``, for a help text."""
+    import inspect
+
+    from ..featurizer import DinoFeaturizer
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(DinoFeaturizer).parameters.items()
+    }
+    return f"(default: {defaults[name]})" if name in defaults else ""
+
+
+def add_parser(commands: Any) -> None:
+    """Add the ``pretrain`` sub-parser to ``commands``, the ``sparsam`` parser's sub-parsers."""
+    default = _featurizer_default
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="DINO self-supervised pretraining on your unlabeled images",
+        description=(
+            "Train a timm backbone with DINO on the images of DATA (labels are never read) "
+            "and write it to --out in timm's Hub format (config.json, model.safetensors, "
+            "README.md), with the fitted featurizer as featurizer.joblib. Checkpoints go to "
+            "--checkpoint-dir; --resume continues an interrupted run. For several GPUs: "
+            "torchrun --nproc-per-node N -m sparsam pretrain ... (--batch-size is per process)."
+        ),
+    )
+    pretrain.add_argument("data", metavar="DATA", help=DATA_HELP)
+    pretrain.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    pretrain.add_argument("--root", default=None, help="the download a data set name reads")
+    pretrain.add_argument(
+        "--backbone", metavar="NAME", help=f"timm model name {default('backbone')}"
+    )
+    pretrain.add_argument(
+        "--backbone-kwargs",
+        type=_json_object,
+        metavar="JSON",
+        help="timm.create_model arguments as a JSON object, e.g. '{\"depth\": 4}'",
+    )
+    pretrain.add_argument(
+        "--pretrained",
+        metavar="SPEC",
+        help="starting weights: imagenet, bm, endo, isic, hf-hub:org/name or a directory "
+        "(default: random)",
+    )
+    integers = {
+        "--image-size": "side of the global crops (default: the backbone's input size)",
+        "--local-crop-size": f"side of the local crops {default('local_crop_size')}",
+        "--local-crops": f"local crops per image {default('local_crops')}",
+        "--epochs": f"DINO epochs {default('epochs')}",
+        "--batch-size": f"images per step and process {default('batch_size')}",
+        "--out-dim": f"prototypes of the DINO head {default('out_dim')}",
+        "--num-workers": f"DataLoader workers that decode images {default('num_workers')}",
+        "--checkpoint-every": f"steps between mid-epoch checkpoints {default('checkpoint_every')}",
+    }
+    for option, text in integers.items():
+        pretrain.add_argument(option, type=int, metavar="N", help=text)
+    _add_training_options(pretrain)
+
+
+def _add_training_options(pretrain: argparse.ArgumentParser) -> None:
+    """The options after the integers: loss, devices, data loading, checkpoints, seed."""
+    default = _featurizer_default
+    pretrain.add_argument(
+        "--lr", type=float, help=f"base learning rate for a batch of 256 {default('lr')}"
+    )
+    pretrain.add_argument(
+        "--koleo-weight",
+        type=float,
+        metavar="WEIGHT",
+        help=f"weight of the KoLeo regulariser, 0 for the paper's loss {default('koleo_weight')}",
+    )
+    pretrain.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    pretrain.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
+    pretrain.add_argument(
+        "--in-memory",
+        choices=sorted(_IN_MEMORY),
+        help="decode all images into memory once (yes), stream them from disk each epoch "
+        "(no), or decide by their size (auto, the default)",
+    )
+    pretrain.add_argument(
+        "--compile",
+        choices=sorted(_COMPILE),
+        help="torch.compile the training forward: yes, no or auto (the default; compiles only "
+        "where it was measured to pay, so far nowhere)",
+    )
+    pretrain.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="where checkpoints go (default: OUT/checkpoints)"
+    )
+    pretrain.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --checkpoint-dir (same DATA and options)",
+    )
+    pretrain.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="random_state; --resume needs the same (default: 0)",
+    )
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def pretrain_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The DinoFeaturizer parameters the user gave on the ``pretrain`` command line."""
+    params = {
+        name: getattr(args, name)
+        for name in _PRETRAIN_PARAMETERS
+        if getattr(args, name) is not None
+    }
+    if args.in_memory is not None:
+        params["in_memory"] = _IN_MEMORY[args.in_memory]
+    if args.compile is not None:
+        params["compile"] = _COMPILE[args.compile]
+    params["random_state"] = args.seed
+    params["verbose"] = 0 if args.quiet else 1
+    return params
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run ``sparsam pretrain`` as parsed into ``args``."""
+    run_pretrain(
+        args.data,
+        args.out,
+        root=args.root,
+        params=pretrain_parameters(args),
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+    )
+
+
+def _check_checkpoints(checkpoint_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint ``--resume`` continues from; refuse to mix runs either way."""
+    checkpoints = list_checkpoints(checkpoint_dir)
+    if resume and not checkpoints:
+        raise ValueError(
+            f"--resume but no sparsam checkpoint in --checkpoint-dir {str(checkpoint_dir)!r}: "
+            "expected the checkpoint directory of an earlier run (drop --resume to start one)."
+        )
+    if not resume and checkpoints:
+        raise ValueError(
+            f"--checkpoint-dir {str(checkpoint_dir)!r} already holds {len(checkpoints)} sparsam "
+            f"checkpoint(s), newest {checkpoints[0].name}: pass --resume to continue that run, "
+            "or choose another --checkpoint-dir (or --out) to start a new one."
+        )
+    return checkpoints[0] if checkpoints else None
+
+
+def run_pretrain(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    params: dict[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> Any:
+    """DINO pretraining of a backbone on the images of ``data``; writes the result to ``out``.
+
+    ``out`` receives the teacher backbone in timm's Hub format (``config.json``,
+    ``model.safetensors`` and a model card, written by ``save_backbone``) and the fitted
+    featurizer as ``featurizer.joblib``. Under ``torchrun`` every process joins the process
+    group (``sparsam.training.distributed.init_from_environment``) and trains on its own device;
+    only rank 0 writes ``out`` and prints.
+
+    Parameters
+    ----------
+    data : str or path-like
+        Anything `resolve_images` accepts.
+    out : str or path-like
+        Output directory (created if missing); sparsam's files in it are replaced, other files
+        are left alone.
+    root : str or path-like, optional
+        The download a data set name reads.
+    params : dict, optional
+        ``DinoFeaturizer`` parameters; its defaults for the others. ``checkpoint_dir`` is set
+        here.
+    checkpoint_dir : str or path-like, optional
+        Where training writes its checkpoints; ``out/checkpoints`` when omitted.
+    resume : bool, default=False
+        Continue from the newest checkpoint in ``checkpoint_dir``. Without it, a directory
+        that already holds checkpoints is refused, so that no run continues or overwrites
+        another by accident; with it, a directory without checkpoints is refused.
+
+    Returns
+    -------
+    featurizer : DinoFeaturizer
+        The fitted featurizer (on every rank).
+    """
+    import joblib
+    import torch.distributed
+
+    from .._files import atomic_write, check_writable_directory
+    from ..backbones import save_backbone
+    from ..featurizer import DinoFeaturizer
+    from ..training import distributed
+
+    out = Path(out)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
+    params = dict(params or {})
+    was_distributed = distributed.is_distributed()
+    device = distributed.init_from_environment(str(params.get("device", "auto")))
+    joined_here = distributed.is_distributed() and not was_distributed
+    try:
+        if distributed.is_distributed():
+            # Each rank trains on the device torchrun's LOCAL_RANK gives it.
+            params["device"] = str(device)
+        if not distributed.is_main_process():
+            params["verbose"] = 0  # one progress bar, not one per process
+        newest = distributed.on_main_process(lambda: _check_checkpoints(checkpoint_dir, resume))
+        images = resolve_images(data, root)
+        # Before training, so that a read-only or misspelt --out fails now, not after hours.
+        distributed.on_main_process(lambda: check_writable_directory(out, "--out"))
+        featurizer = DinoFeaturizer(**params, checkpoint_dir=checkpoint_dir)
+        if distributed.is_main_process():
+            print(
+                f"DINO on {len(images)} images from {data}"
+                + (f", resuming from {newest}" if newest is not None else "")
+                + (f", {distributed.world_size()} processes (torchrun)" if joined_here else "")
+            )
+        started = time.perf_counter()
+        featurizer.fit(images)
+        minutes = (time.perf_counter() - started) / 60
+        if distributed.is_main_process():
+            save_backbone(featurizer, out)
+            with atomic_write(out / "featurizer.joblib") as file:
+                joblib.dump(featurizer, file)
+            print(f"Wrote the backbone to {out} (config.json, model.safetensors, README.md)")
+            print(f"Wrote the fitted featurizer to {out / 'featurizer.joblib'}")
+            print(f"Checkpoints are in {checkpoint_dir}")
+            print(_training_summary(featurizer, minutes))
+    finally:
+        if joined_here:
+            torch.distributed.destroy_process_group()
+    return featurizer
+
+
+def _training_summary(featurizer: Any, minutes: float) -> str:
+    history = featurizer.history_
+    if not history.get("loss"):
+        return f"No DINO training (epochs={featurizer.epochs}): weights of {featurizer.pretrained}."
+    return (
+        f"DINO: {len(history['loss'])} epochs in {minutes:.1f} min; final loss "
+        f"{history['loss'][-1]:.3f}, teacher entropy {history['teacher_entropy'][-1]:.2f} "
+        f"(ln(out_dim) = {np.log(featurizer.out_dim):.2f} means collapse); RankMe "
+        f"{featurizer.initial_rankme_:.1f} untrained -> {history['rankme'][-1]:.1f} "
+        f"(label-free, higher is better)"
+    )
