@@ -29,8 +29,8 @@ from ._estimator import (
 from .backbones import backbone_data_config
 from .data import as_image_source
 from .data.cache import subset_source
+from .evaluation.splits import check_class_labels, labeled_mask
 from .featurizer import DinoFeaturizer
-from .model_selection import check_class_labels, labeled_mask
 from .supervised.trainer import FineTuneConfig, FineTuneTrainer
 from .training.augment import MultiCropAugmentation
 from .training.callbacks import Callback

@@ -38,7 +38,7 @@ from .data.cache import (
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
 from .dino.trainer import DinoTrainer, TrainingConfig
-from .model_selection import check_class_labels, labeled_mask
+from .evaluation.splits import check_class_labels, labeled_mask
 from .readout import POOLINGS, ReadOut
 from .selection import SnapshotScorer
 from .training import distributed
