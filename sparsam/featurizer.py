@@ -266,7 +266,12 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         at evenly spaced indices: the effective number of dimensions the embeddings spread
         over (1 to the smaller of the image count and ``n_features_out_``), a label-free
         measure that went with downstream accuracy in Garrido et al. (ICML 2023). Measuring
-        it changes neither the weights nor any random draw.
+        it changes neither the weights nor any random draw. With labels (``fit(X, y)``, see
+        ``y``), also ``selection_score`` and ``knn_accuracy``: the leave-one-out accuracy of
+        DINO's weighted 20-nearest-neighbour classifier (cosine similarity, temperature 0.07;
+        `sparsam.selection.knn_accuracy`) on the labeled images' features, the number DINO,
+        lightly and solo-learn log per epoch; computed from the features the snapshot choice
+        embeds anyway, it changes neither the weights nor any random draw.
     initial_rankme_ : float
         The same measure of the starting backbone on the same images, before any training
         step (also in a run resumed from ``checkpoint_dir``). Higher means embeddings spread
@@ -515,6 +520,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
             **super()._epoch_postfix(row),
             "entropy": f"{row['teacher_entropy']:.2f}",
             "rankme": f"{row['rankme']:.1f}",
+            **({"knn": f"{row['knn_accuracy']:.2f}"} if "knn_accuracy" in row else {}),
         }
 
     def _labeled_images(self, source: ImageSource, y: Any) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,4 +1,4 @@
-"""Figures of the paper: few-shot curves and confusion matrices with class frequencies.
+"""Figures: the paper's few-shot curves and confusion matrices, DINO's attention maps.
 
 matplotlib is an optional extra (``pip install "sparsam[plot]"``); it is imported only when a
 figure is drawn, so ``import sparsam`` works without it.
@@ -13,8 +13,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_few_shot_curve"]
+__all__ = ["plot_attention", "plot_confusion_matrix", "plot_few_shot_curve"]
 
 _MISSING_MATPLOTLIB = 'plotting needs matplotlib: pip install "sparsam[plot]"'
 
@@ -243,3 +244,118 @@ def plot_confusion_matrix(
     frequencies.set_yticks(ticks, [f"n={count}" for count in support])
     frequencies.set_ylabel("Class frequency")
     return ax
+
+
+def plot_attention(
+    featurizer: Any,
+    images: Any,
+    *,
+    heads: str = "all",
+    threshold: float | None = None,
+    overlay: bool = True,
+    axes: Any = None,
+    cmap: str = "inferno",
+) -> Figure:
+    """Where the class token looks: DINO's self-attention maps, one row per image.
+
+    As in Caron et al. (2021), Figure 1: the attention of the CLS query to the patches in the
+    last block (XCiT: its last class-attention block), one map per head
+    (`sparsam.attention.cls_attention`), each coloured from its own minimum to its maximum
+    (as DINO saves them) and stretched over the image (nearest neighbour: one square per
+    patch). The images are resized and
+    normalised as ``transform`` does, and the first column shows them as the backbone saw
+    them.
+
+    Parameters
+    ----------
+    featurizer : DinoFeaturizer
+        A fitted featurizer whose backbone is a timm ViT or XCiT with a class token.
+    images : array, tensor, list of paths, ...
+        The images, in any form ``fit`` accepts; one row of the figure each.
+    heads : {"all", "mean"}, default="all"
+        One map per head, or one map of the heads' mean.
+    threshold : float, optional
+        Show only the largest weights of each map that together hold this share of its mass
+        (`sparsam.attention.mass_threshold`; DINO's figures use 0.6); the rest is left
+        transparent.
+    overlay : bool, default=True
+        Draw each map half-transparent over the image; otherwise the map alone.
+    axes : array of matplotlib Axes of shape (n_images, 1 + maps), optional
+        Where to draw (``maps`` is the number of heads, or 1 with ``heads="mean"``); a new
+        figure when omitted.
+    cmap : str, default="inferno"
+        matplotlib colormap of the maps.
+
+    Returns
+    -------
+    figure : matplotlib Figure
+        Row ``i`` holds image ``i`` and its maps; each map is the last image of its axes
+        (``axes.images[-1].get_array()``, at the patch grid's resolution).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsam import DinoFeaturizer
+    >>> featurizer = DinoFeaturizer(
+    ...     backbone="vit_tiny_patch16_224", image_size=16, epochs=0, backbone_kwargs={
+    ...         "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}, verbose=0,
+    ... ).fit(np.zeros((1, 16, 16), np.uint8))
+    >>> figure = plot_attention(featurizer, np.zeros((2, 16, 16), np.uint8))
+    >>> len(figure.axes)  # 2 images x (the image + 2 heads)
+    6
+    """
+    from .attention import attention_maps, mass_threshold
+
+    if heads not in ("all", "mean"):
+        raise ValueError(f"heads must be 'all' or 'mean', got {heads!r}.")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1] (a share of the mass), got {threshold!r}.")
+    plt = _pyplot()
+    pixels, maps = attention_maps(featurizer, images)
+    if heads == "mean":
+        maps = maps.mean(axis=1, keepdims=True)
+    n_images, n_maps = maps.shape[:2]
+    shape = (n_images, 1 + n_maps)
+    if axes is None:
+        _, axes = plt.subplots(
+            *shape, figsize=(1.8 * shape[1], 1.8 * n_images), squeeze=False, layout="constrained"
+        )
+    axes = np.asarray(axes, dtype=object)
+    if axes.size != n_images * (1 + n_maps):
+        raise ValueError(
+            f"axes holds {axes.size} Axes; expected {shape[0]} x {shape[1]} (one row per image: "
+            f"the image and its {n_maps} map(s))."
+        )
+    axes = axes.reshape(shape)
+    keep = mass_threshold(maps, threshold) if threshold is not None else np.ones(maps.shape, bool)
+    side = pixels.shape[1]
+    # Pixel centres at integers: the patch grid covers the image exactly.
+    extent = (-0.5, side - 0.5, side - 0.5, -0.5)
+    for row, (image, image_maps, image_keep) in enumerate(zip(pixels, maps, keep, strict=True)):
+        axes[row, 0].imshow(image)
+        for column, (weights, kept) in enumerate(zip(image_maps, image_keep, strict=True), 1):
+            ax = axes[row, column]
+            if overlay:
+                ax.imshow(image.mean(axis=2), cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.set_facecolor("black")
+            ax.imshow(
+                np.ma.masked_where(~kept, weights),
+                cmap=cmap,
+                vmin=float(weights.min()),
+                vmax=float(weights.max()),
+                alpha=0.6 if overlay else 1.0,
+                interpolation="nearest",
+                extent=extent,
+            )
+            ax.set_xlim(extent[:2])
+            ax.set_ylim(extent[2:])
+    titles = ["image", *(f"head {head + 1}" for head in range(n_maps))]
+    if heads == "mean":
+        titles[1] = "mean of heads"
+    for column, title in enumerate(titles):
+        axes[0, column].set_title(title, fontsize="small")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return axes[0, 0].figure

@@ -8,6 +8,10 @@ weights and after every epoch, by cross-validated balanced accuracy of a cheap c
 (`labeled_score`), and the featurizer keeps the best snapshot. The DINO loss never sees the
 labels, and only the labels passed to ``fit`` are read: inside ``cross_validate`` those of
 the training folds.
+
+The same features give ``history_["knn_accuracy"]``, the weighted k-nearest-neighbour
+accuracy that DINO, lightly and solo-learn log per epoch (`knn_accuracy`): cheap, and read
+from the features already computed, so it costs no forward pass and changes nothing.
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ from ._estimator import batched_outputs
 from .data import ImageSource
 from .readout import ReadOut
 
-__all__ = ["SnapshotScorer", "labeled_score"]
+__all__ = ["SnapshotScorer", "knn_accuracy", "labeled_score"]
 
 # Folds (at most) and repeats of the stratified cross-validation that scores a snapshot.
 N_SPLITS = 5
 N_REPEATS = 3
+# DINO's eval_knn.py: 20 neighbours, votes weighted by exp(cosine similarity / 0.07).
+KNN_NEIGHBOURS = 20
+KNN_TEMPERATURE = 0.07
+# Rows of the similarity matrix computed at once: memory of 1024 x n floats.
+KNN_CHUNK = 1024
 
 
 def labeled_score(features: np.ndarray, labels: np.ndarray) -> float:
@@ -55,8 +64,67 @@ def labeled_score(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def knn_accuracy(
+    features: np.ndarray,
+    labels: np.ndarray,
+    n_neighbors: int = KNN_NEIGHBOURS,
+    temperature: float = KNN_TEMPERATURE,
+) -> float:
+    """Leave-one-out accuracy of DINO's weighted k-nearest-neighbour classifier.
+
+    As DINO's ``eval_knn.py`` (and lightly's and solo-learn's kNN monitors): features L2
+    normalised, each image's ``n_neighbors`` most cosine-similar other images vote for their
+    class with weight ``exp(similarity / temperature)``, and the class with the most weight
+    is predicted (ties to the class sorted first). Every image is classified by all the
+    others (leave one out), so no split is drawn and the score is deterministic. The
+    fraction predicted right (top-1 accuracy, as DINO reports it; not balanced).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, d)
+    labels : ndarray of shape (n,)
+    n_neighbors : int, default=20
+        Neighbours per image, at most ``n - 1``.
+    temperature : float, default=0.07
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN for fewer than 2 images.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    >>> knn_accuracy(features, np.array([0, 0, 1, 1]), n_neighbors=1)
+    1.0
+    """
+    features = np.asarray(features, dtype=np.float32)
+    n_images = len(features)
+    if n_images < 2:
+        return float("nan")
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    features = features / np.maximum(norms, np.finfo(np.float32).tiny)
+    _, codes = np.unique(labels, return_inverse=True)
+    n_classes = int(codes.max()) + 1
+    k = min(n_neighbors, n_images - 1)
+    correct = 0
+    for start in range(0, n_images, KNN_CHUNK):
+        stop = min(start + KNN_CHUNK, n_images)
+        rows = np.arange(stop - start)
+        similarity = features[start:stop] @ features.T
+        # Leave one out: an image is never its own neighbour.
+        similarity[rows, rows + start] = -np.inf
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        weights = np.exp(np.take_along_axis(similarity, nearest, axis=1) / temperature)
+        votes = np.zeros((stop - start, n_classes))
+        np.add.at(votes, (rows[:, None], codes[nearest]), weights)
+        correct += int(np.sum(votes.argmax(axis=1) == codes[start:stop]))
+    return correct / n_images
+
+
 class SnapshotScorer:
-    """``scorer(backbone)``: `labeled_score` of a backbone's features of the labeled images.
+    """``scorer(backbone)``: `labeled_score` and `knn_accuracy` of the labeled images.
 
     Parameters
     ----------
@@ -101,7 +169,9 @@ class SnapshotScorer:
         text = "\0".join(map(str, self.labels.tolist()))
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
-    def __call__(self, backbone: torch.nn.Module) -> float:
+    def __call__(self, backbone: torch.nn.Module) -> dict[str, float]:
+        """``selection_score`` (`labeled_score`, which chooses the snapshot) and
+        ``knn_accuracy`` of the backbone's features of the labeled images."""
         readout = ReadOut(backbone, self.readout["pooling"], self.readout["n_last_blocks"])
         features = batched_outputs(
             readout,
@@ -115,4 +185,7 @@ class SnapshotScorer:
             verbose=0,
             description="scoring",
         )
-        return labeled_score(features, self.labels)
+        return {
+            "selection_score": labeled_score(features, self.labels),
+            "knn_accuracy": knn_accuracy(features, self.labels),
+        }

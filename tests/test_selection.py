@@ -11,6 +11,7 @@ from sparsam import DinoFeaturizer
 from sparsam import selection as selection_module
 from sparsam.data import load_images
 from sparsam.dino import DinoTrainer
+from sparsam.training.callbacks import Callback
 
 
 @pytest.fixture
@@ -179,3 +180,77 @@ def test_a_checkpoint_of_other_labels_is_not_resumed(params, tiny_images, tiny_l
     DinoFeaturizer(**resumable).fit(tiny_images, tiny_labels)
     with pytest.raises(ValueError, match="other labels"):
         DinoFeaturizer(**resumable).fit(tiny_images, tiny_labels[::-1].copy())
+
+
+# --- kNN accuracy per epoch (DINO's eval_knn), on the labeled images only ---
+
+
+def test_knn_accuracy_is_leave_one_out_weighted_knn_as_sklearn_computes_it():
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([3, 5, 7], 12)
+    features = rng.normal(size=(36, 6)) + labels[:, None] * 0.15
+    reference = KNeighborsClassifier(
+        n_neighbors=20,
+        metric="cosine",
+        algorithm="brute",
+        # Cosine distance is 1 - similarity: DINO's weight exp(similarity / 0.07).
+        weights=lambda distances: np.exp((1 - distances) / 0.07),
+    )
+    predicted = cross_val_predict(reference, features, labels, cv=LeaveOneOut())
+    expected = np.mean(predicted == labels)
+    assert 0.2 < expected < 1
+    assert selection_module.knn_accuracy(features, labels) == pytest.approx(expected)
+
+
+def test_knn_accuracy_never_counts_an_image_as_its_own_neighbour():
+    # Each image's nearest other image is of the other class.
+    angles = np.radians([0, 1, 90, 91])
+    features = np.c_[np.cos(angles), np.sin(angles)]
+    assert selection_module.knn_accuracy(features, np.array([0, 1, 0, 1]), n_neighbors=1) == 0
+
+
+def test_knn_accuracy_is_of_the_features_transform_returns_for_the_labeled_images(
+    params, tiny_images, tiny_labels, scripted_scores
+):
+    scripted_scores([0.1, 0.2, 0.3, 0.4])  # the last epoch is kept
+    y = tiny_labels.copy()
+    y[::3] = -1
+    featurizer = DinoFeaturizer(**params).fit(tiny_images, y)
+    knn = featurizer.history_["knn_accuracy"]
+    assert len(knn) == params["epochs"] and all(0 <= value <= 1 for value in knn)
+    labeled = y != -1
+    features = featurizer.transform(tiny_images[labeled])
+    assert knn[-1] == pytest.approx(selection_module.knn_accuracy(features, y[labeled]))
+
+
+class RecordWeights(Callback):
+    """The student's and teacher's weights at the end of every epoch."""
+
+    def __init__(self):
+        self.states = []
+
+    def on_epoch_end(self, trainer, epoch, row):
+        for model in (trainer.student, trainer.backbone):
+            self.states.append({k: v.clone() for k, v in model.state_dict().items()})
+
+
+def test_scoring_the_labeled_images_changes_no_weight_of_any_epoch(
+    params, tiny_images, tiny_labels
+):
+    with_labels, without = RecordWeights(), RecordWeights()
+    scored = DinoFeaturizer(**params, callbacks=[with_labels]).fit(tiny_images, tiny_labels)
+    plain = DinoFeaturizer(**params, callbacks=[without]).fit(tiny_images)
+    assert "knn_accuracy" in scored.history_ and "knn_accuracy" not in plain.history_
+    assert len(with_labels.states) == len(without.states) == 2 * params["epochs"]
+    for first, second in zip(with_labels.states, without.states, strict=True):
+        assert_same_weights(first, second)
+
+
+def test_the_epoch_log_line_shows_the_knn_accuracy(params, tiny_images, tiny_labels, capsys):
+    featurizer = DinoFeaturizer(**{**params, "epochs": 1, "verbose": 2})
+    featurizer.fit(tiny_images, tiny_labels)
+    knn = featurizer.history_["knn_accuracy"][0]
+    assert f"kNN accuracy {knn:.3f}" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,6 +111,8 @@ class DinoTrainer(TrainingLoop):
         ``select(backbone) -> float``, higher is better: a score of the teacher backbone
         (given in eval mode, under ``torch.inference_mode`` and the training autocast),
         taken of the starting weights and after every epoch (``history["selection_score"]``).
+        It may instead return a dict holding ``"selection_score"`` and other measurements of
+        the same features (``"knn_accuracy"``), which go into the epoch's history row too.
         The teacher keeps the best-scoring weights at the end of ``fit``, ties going to the
         later epoch; the best so far is part of every checkpoint. It must not draw from
         torch's random generators. The DINO loss never sees what it scores.
@@ -136,7 +138,8 @@ class DinoTrainer(TrainingLoop):
         ``DinoFeaturizer.transform`` would (eval mode, BatchNorm on its running statistics,
         the training autocast, normalised with the augmentation's ``mean`` and ``std``);
         measuring changes neither the training nor its random draws. NaN when there are
-        fewer than 2 training images.
+        fewer than 2 training images. With ``select``, also what it measures of each epoch
+        (``selection_score``, and ``knn_accuracy`` when it returns a dict holding it).
     initial_rankme : float
         The same measure of the starting teacher, set by ``fit`` before any training step
         and before a checkpoint is resumed, so that a resumed run reports the same value as
@@ -186,7 +189,7 @@ class DinoTrainer(TrainingLoop):
         checkpoint_keep: int = 3,
         compile: bool = False,
         check_every: int | None = None,
-        select: Callable[[nn.Module], float] | None = None,
+        select: Callable[[nn.Module], float | Mapping[str, float]] | None = None,
         select_key: str = "",
         callbacks: Sequence[Callback] = (),
     ) -> None:
@@ -305,7 +308,7 @@ class DinoTrainer(TrainingLoop):
         self.initial_rankme = self._teacher_rankme()
         self._best = {}
         if self.select is not None:
-            self._best = self._snapshot(0, self._teacher_score())
+            self._best = self._snapshot(0, self._teacher_score()["selection_score"])
             self.initial_selection_score = self._best["score"]
         run.position = self._resume(run.generator, run.settings)
         self._set_training_modes()
@@ -316,15 +319,17 @@ class DinoTrainer(TrainingLoop):
         self._unwrap_for_distributed()
         self._quality_images = None
 
-    def _teacher_score(self) -> float:
-        """``select``'s score of the teacher backbone as it is now."""
+    def _teacher_score(self) -> dict[str, float]:
+        """``select``'s measurements of the teacher backbone as it is now, by name."""
         backbone = self.teacher.backbone
         backbone.eval()
         try:
             with torch.inference_mode(), self._autocast(), self._compilation.eager():
-                return float(self.select(backbone))
+                scores = self.select(backbone)
         finally:
             self._set_training_modes()
+        scores = scores if isinstance(scores, Mapping) else {"selection_score": scores}
+        return {name: float(value) for name, value in scores.items()}
 
     def _snapshot(self, epochs_trained: int, score: float) -> dict:
         """The teacher backbone's weights (a CPU copy) with its epoch and score."""
@@ -353,7 +358,8 @@ class DinoTrainer(TrainingLoop):
         row = self._train_epoch(run, position, interrupted)
         row["rankme"] = self._teacher_rankme()
         if self.select is not None:
-            row["selection_score"] = score = self._teacher_score()
+            row.update(self._teacher_score())
+            score = row["selection_score"]
             # Ties go to the later epoch: more training at the same score. Only a new
             # best is copied (a backbone's weights, every epoch, would be wasted).
             if score >= self._best["score"]:
@@ -361,8 +367,10 @@ class DinoTrainer(TrainingLoop):
         return row
 
     def _epoch_summary(self, epoch: int, row: dict[str, float]) -> tuple:
+        knn = f", kNN accuracy {row['knn_accuracy']:.3f}" if "knn_accuracy" in row else ""
         return (
-            "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), KL %.4f, RankMe %.1f",
+            "DINO epoch %d/%d: loss %.4f, teacher entropy %.3f (max %.3f), KL %.4f, RankMe %.1f"
+            + knn,
             epoch + 1,
             self.config.epochs,
             row["loss"],
