@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._progress import TrainingProgress
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
 from ..evaluation.quality import rankme
@@ -170,6 +171,7 @@ class DinoTrainer(TrainingLoop):
         "(press Ctrl-C again to stop at once, without one)."
     )
     resume_hint = " (sparsam pretrain: add --resume)"
+    long_cpu_run_hint = "Try sparsam.recipes.small_data_recipe (--recipe small) or a GPU."
     shards_across_processes = True
 
     def __init__(
@@ -236,7 +238,7 @@ class DinoTrainer(TrainingLoop):
         self,
         images: TrainingImages | torch.Tensor,
         generator: torch.Generator,
-        progress: Callable[[int, dict[str, float]], None] | None = None,
+        progress: TrainingProgress | None = None,
     ) -> dict[str, list[float]]:
         """Train on the images; returns the history.
 
@@ -247,8 +249,8 @@ class DinoTrainer(TrainingLoop):
         drop-path draws, for the duration of the fit; the caller's global generator states
         are restored afterwards. The same seed on the CPU thus gives the same weights bit for
         bit, with or without drop-path, and a run resumed from a checkpoint, mid-epoch
-        included, equals an uninterrupted one. ``progress`` is called after every epoch with
-        the epoch index and that epoch's history row.
+        included, equals an uninterrupted one. ``progress`` hears of every step and epoch
+        (`sparsam._progress.TrainingProgress`).
 
         Inside an initialised ``torch.distributed`` process group (``torchrun``), every rank
         calls ``fit`` with the same images and seed: ``batch_size`` is per rank, each epoch's
@@ -308,6 +310,7 @@ class DinoTrainer(TrainingLoop):
             self._best = self._snapshot(0, self._teacher_score())
             self.initial_selection_score = self._best["score"]
         run.position = self._resume(run.generator, run.settings)
+        self._step = run.position.epoch * run.steps_per_epoch + run.position.step
         self._set_training_modes()
         self._wrap_for_distributed()
         return run.position.epoch
@@ -402,6 +405,7 @@ class DinoTrainer(TrainingLoop):
             values = {name: float(schedule[self._step]) for name, schedule in run.schedules.items()}
             self.train_step(batch.to(self.device, non_blocking=True), run.generator, epoch, values)
             self._may_compile = False
+            self._step_done()
             every = self.checkpoint_every
             due = every is not None and (self._step + 1) % every == 0
             if done < run.steps_per_epoch and (due or interrupted()):
