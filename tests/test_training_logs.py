@@ -168,6 +168,20 @@ def test_a_resumed_run_starts_the_progress_at_the_steps_done(
     assert len(steps) == 2 * STEPS_PER_EPOCH
 
 
+def test_fine_tuning_prints_a_line_per_epoch_where_stderr_is_no_terminal(
+    tiny_images, tiny_labels, capsys
+):
+    fit_classifier({**CLASSIFIER, "verbose": 1}, tiny_images, tiny_labels)
+
+    stderr = capsys.readouterr().err
+    assert "\r" not in stderr and "|" not in stderr
+    lines = stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        f"fine-tuning epoch {epoch}/3" for epoch in (1, 2, 3)
+    ]
+    assert lines[-1].endswith("00:00 left")
+
+
 @pytest.fixture
 def fast_clock(monkeypatch):
     """One timed step after the first is enough to estimate the run."""
