@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
@@ -25,6 +25,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from tqdm.auto import tqdm
 
+from ._progress import TrainingProgress, stderr_is_terminal
 from .backbones import create_backbone, load_backbone
 from .data import ImageSource, iter_batches
 from .data.training import TrainingImages, training_images
@@ -56,12 +57,12 @@ class ImageEstimator(BaseEstimator):
     It declares the constraints of the parameters `DinoFeaturizer` and `SupervisedClassifier`
     share (same name, type and meaning in both) and does, for both, what ``fit`` does with
     them before and around training: validation, seeding (`draw_seed`, `seeded_torch`), the
-    device, the starting backbone, the augmentation's shared part, decoding, the epoch bar
+    device, the starting backbone, the augmentation's shared part, decoding, the progress bar
     and log lines, batched inference, tags and pickling.
 
     A subclass stores its ``__init__`` arguments with `_store_parameters`, extends
     ``_parameter_constraints``, names its crop-scale parameters (``_crop_scale_names``) and
-    the attribute that holds its fitted network (``_fitted_module``), says what the epoch bar
+    the attribute that holds its fitted network (``_fitted_module``), says what the progress
     shows (`_epoch_postfix`) and assigns its fitted attributes with `_set_fitted` once
     training has succeeded.
     """
@@ -190,28 +191,21 @@ class ImageEstimator(BaseEstimator):
         )
 
     @contextlib.contextmanager
-    def _training_progress(
-        self, description: str
-    ) -> Iterator[Callable[[int, dict[str, float]], None]]:
-        """Inside, the epoch bar and (``verbose >= 2``) log lines; yields ``progress``.
+    def _training_progress(self, description: str) -> Iterator[TrainingProgress]:
+        """Inside, the training's progress and (``verbose >= 2``) log lines; yields the progress.
 
-        ``progress(epoch, row)`` is what the trainers call after every epoch.
+        The trainers report every step and epoch to it: a bar over the run's steps on a
+        terminal, one line per epoch when stderr is a file or a pipe (`sparsam._progress`).
         """
-        with (
-            printed_log_lines(self.verbose),
-            tqdm(
-                total=self.epochs, desc=description, unit="epoch", disable=not self.verbose
-            ) as bar,
-        ):
-
-            def progress(epoch: int, row: dict[str, float]) -> None:
-                bar.n = epoch + 1
-                bar.set_postfix(**self._epoch_postfix(row))
-
-            yield progress
+        progress = TrainingProgress(description, self.epochs, self.verbose, self._epoch_postfix)
+        with printed_log_lines(self.verbose):
+            try:
+                yield progress
+            finally:
+                progress.close()
 
     def _epoch_postfix(self, row: dict[str, float]) -> dict[str, str]:
-        """What the epoch bar shows of an epoch's ``history_`` row."""
+        """What the progress shows of an epoch's ``history_`` row (after the bar, in the lines)."""
         return {"loss": f"{row['loss']:.3f}"}
 
     def _inference_options(self) -> dict[str, Any]:
@@ -423,10 +417,11 @@ def decode_training_images(
     # Decoding thousands of files into memory takes minutes before the first epoch; the bar
     # appears with the first decoded batch, so a streamed set shows none.
     bars: list[tqdm] = []
+    shown = bool(verbose) and stderr_is_terminal()
 
     def progress(n_images: int) -> None:
         if not bars:
-            bars.append(tqdm(total=len(source), desc="decoding", unit="image", disable=not verbose))
+            bars.append(tqdm(total=len(source), desc="decoding", unit="image", disable=not shown))
         bars[0].update(n_images)
 
     try:
@@ -491,7 +486,7 @@ def batched_outputs(
             total=math.ceil(len(source) / batch_size),
             desc=description,
             unit="batch",
-            disable=not verbose,
+            disable=not verbose or not stderr_is_terminal(),
         ):
             result = model(normalized(batch.to(device, non_blocking=True))).float()
             if pending is not None:

@@ -74,6 +74,16 @@ def count_calls(monkeypatch, owner, name):
 
 
 @pytest.fixture
+def stderr_is_a_terminal(monkeypatch):
+    """Progress bars as on a terminal, though pytest captures stderr into a file."""
+    import sparsam._estimator
+    import sparsam._progress
+
+    for module in (sparsam._estimator, sparsam._progress):
+        monkeypatch.setattr(module, "stderr_is_terminal", lambda: True)
+
+
+@pytest.fixture
 def tiny_params():
     """Keyword arguments of a DinoFeaturizer that trains in a fraction of a second."""
     return copy.deepcopy(TINY_PARAMS)

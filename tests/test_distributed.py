@@ -212,8 +212,9 @@ def test_only_rank_0_writes_checkpoints(two_rank_run):
     assert load_rank(out, 0)[1]["written"] == [f"dino_checkpoint_{s:09d}.pt" for s in (1, 2, 3, 4)]
     assert load_rank(out, 1)[1]["written"] == []
     names = sorted(path.name for path in os.scandir(params["checkpoint_dir"]))
-    # checkpoint_every=1 over 4 steps; the newest three are kept, no temporary files left.
-    assert names == [f"dino_checkpoint_{step:09d}.pt" for step in (2, 3, 4)]
+    # checkpoint_every=1 over 4 steps; the newest three are kept, no temporary files left;
+    # rank 0 also keeps the history of the epochs beside them.
+    assert names == [*(f"dino_checkpoint_{step:09d}.pt" for step in (2, 3, 4)), "history.csv"]
 
 
 def test_checkpoints_do_not_change_the_model(launch):
@@ -268,5 +269,5 @@ def test_sparsam_pretrain_under_torchrun_writes_a_loadable_backbone(tmp_path):
     assert backbone.num_features == 32
     assert (tmp_path / "out" / "featurizer.joblib").is_file()
     # 24 images, 2 ranks x 4: 3 steps, one epoch-end checkpoint.
-    names = [path.name for path in (tmp_path / "out" / "checkpoints").iterdir()]
-    assert names == ["dino_checkpoint_000000003.pt"]
+    names = sorted(path.name for path in (tmp_path / "out" / "checkpoints").iterdir())
+    assert names == ["dino_checkpoint_000000003.pt", "history.csv"]

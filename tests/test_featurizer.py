@@ -347,7 +347,9 @@ def test_verbose_zero_prints_nothing(tiny_params, tiny_images, capsys):
     assert captured.out == ""
 
 
-def test_verbose_one_shows_progress_bars_on_stderr(tiny_params, tiny_images, capsys):
+def test_verbose_one_shows_progress_bars_on_stderr(
+    tiny_params, tiny_images, capsys, stderr_is_a_terminal
+):
     DinoFeaturizer(**{**tiny_params, "verbose": 1}).fit(tiny_images).transform(tiny_images)
 
     stderr = capsys.readouterr().err
@@ -365,20 +367,24 @@ def test_fit_logs_one_dino_epoch_line_per_epoch(tiny_params, tiny_images, caplog
 
 
 def test_verbose_one_shows_a_bar_while_decoding_the_training_images(
-    tiny_params, tiny_images, capsys
+    tiny_params, tiny_images, capsys, stderr_is_a_terminal
 ):
     DinoFeaturizer(**{**tiny_params, "verbose": 1}).fit(tiny_images)
 
     assert "decoding: 100%|" in capsys.readouterr().err
 
 
-def test_streamed_training_images_show_no_decoding_bar(tiny_params, tiny_images, capsys):
+def test_streamed_training_images_show_no_decoding_bar(
+    tiny_params, tiny_images, capsys, stderr_is_a_terminal
+):
     DinoFeaturizer(**{**tiny_params, "verbose": 1, "in_memory": False}).fit(tiny_images)
 
     assert "decoding" not in capsys.readouterr().err
 
 
-def test_verbose_one_prints_no_epoch_log_lines(tiny_params, tiny_images, capsys):
+def test_verbose_one_prints_no_epoch_log_lines(
+    tiny_params, tiny_images, capsys, stderr_is_a_terminal
+):
     DinoFeaturizer(**{**tiny_params, "verbose": 1}).fit(tiny_images)
 
     assert "DINO epoch" not in capsys.readouterr().err

@@ -24,6 +24,7 @@ from sparsam.data.training import TrainingImages
 from sparsam.supervised import FineTuneConfig, FineTuneTrainer
 from sparsam.supervised.trainer import ClassifierModel, balanced_accuracy
 from sparsam.training.augment import MultiCropAugmentation
+from sparsam.training.callbacks import Callback
 from sparsam.training.checkpoints import list_checkpoints
 
 # The conftest's small XCiT (BatchNorm, drop-path 0.2, depth 2) as a classifier: 40 images,
@@ -181,6 +182,12 @@ def test_training_stops_after_patience_epochs_without_improvement_and_restores_t
     images = torch.as_tensor(np.array(tiny_images))[:, None].expand(-1, 3, -1, -1)
     images = torch.nn.functional.interpolate(images.float(), size=16).to(torch.uint8)
     snapshots = []
+
+    class Snapshots(Callback):
+        def on_epoch_end(self, trainer, epoch, row):
+            snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    trainer.callbacks = [Snapshots()]
     trainer.fit(
         images,
         torch.as_tensor(tiny_labels),
@@ -188,9 +195,6 @@ def test_training_stops_after_patience_epochs_without_improvement_and_restores_t
         torch.arange(28, 40),
         torch.ones(2),
         torch.Generator().manual_seed(0),
-        lambda epoch, row: snapshots.append(
-            {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        ),
     )
     # Best at epoch 1 (0.8; a later tie does not replace it); epochs 2, 3, 4 bring nothing.
     assert len(trainer.history["loss"]) == 5

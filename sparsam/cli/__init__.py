@@ -45,6 +45,8 @@ example:
 Run `sparsam COMMAND --help` for a command's options.
 """
 
+_VERBOSE_HELP = "log progress at INFO level, e.g. one 'DINO epoch ...' line per epoch"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sparsam`` parser, with one sub-parser per module of `COMMANDS`."""
@@ -54,17 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sparsam {__version__}")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log progress at INFO level, e.g. one 'DINO epoch ...' line per epoch",
-    )
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     commands = parser.add_subparsers(
         dest="command", required=True, title="commands", metavar="COMMAND"
     )
-    for command in COMMANDS.values():
+    for name, command in COMMANDS.items():
         command.add_parser(commands)
+        # Also after the command (`sparsam pretrain DATA --out X -v`). SUPPRESS: without it
+        # there, the sub-parser's default would overwrite a -v given before the command.
+        commands.choices[name].add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+        )
     return parser
 
 

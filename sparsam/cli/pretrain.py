@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..training.checkpoints import list_checkpoints
+from ..training.logs import HISTORY_FILE, CSVLogger, TensorBoardLogger
 from .images import DATA_HELP, resolve_images
 
 __all__ = ["add_parser", "pretrain_parameters", "run", "run_pretrain"]
@@ -157,7 +158,17 @@ def _add_training_options(pretrain: argparse.ArgumentParser) -> None:
         metavar="S",
         help="random_state; --resume needs the same (default: 0)",
     )
-    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+    pretrain.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="also write TensorBoard event files, one scalar per history column and epoch, "
+        "to DIR (default: OUT/tensorboard); needs pip install 'sparsam[tensorboard]'",
+    )
+    pretrain.add_argument(
+        "--quiet", action="store_true", help="no progress bars or per-epoch progress lines"
+    )
 
 
 def pretrain_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,6 +196,7 @@ def run(args: argparse.Namespace) -> None:
         params=pretrain_parameters(args),
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
+        tensorboard=args.tensorboard,
     )
 
 
@@ -213,14 +225,16 @@ def run_pretrain(
     params: dict[str, Any] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> Any:
     """DINO pretraining of a backbone on the images of ``data``; writes the result to ``out``.
 
     ``out`` receives the teacher backbone in timm's Hub format (``config.json``,
-    ``model.safetensors`` and a model card, written by ``save_backbone``) and the fitted
-    featurizer as ``featurizer.joblib``. Under ``torchrun`` every process joins the process
-    group (``sparsam.training.distributed.init_from_environment``) and trains on its own device;
-    only rank 0 writes ``out`` and prints.
+    ``model.safetensors`` and a model card, written by ``save_backbone``), the fitted
+    featurizer as ``featurizer.joblib`` and, rewritten after every epoch, the training
+    history as ``history.csv`` (`sparsam.training.logs.CSVLogger`). Under ``torchrun`` every
+    process joins the process group (``sparsam.training.distributed.init_from_environment``)
+    and trains on its own device; only rank 0 writes ``out`` and prints.
 
     Parameters
     ----------
@@ -240,6 +254,9 @@ def run_pretrain(
         Continue from the newest checkpoint in ``checkpoint_dir``. Without it, a directory
         that already holds checkpoints is refused, so that no run continues or overwrites
         another by accident; with it, a directory without checkpoints is refused.
+    tensorboard : str or path-like, optional
+        Also write TensorBoard event files there (`sparsam.training.logs.TensorBoardLogger`);
+        ``""`` means ``out/tensorboard``. Needs the ``tensorboard`` package.
 
     Returns
     -------
@@ -257,6 +274,7 @@ def run_pretrain(
     out = Path(out)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     params = dict(params or {})
+    loggers = _loggers(out, tensorboard)
     was_distributed = distributed.is_distributed()
     device = distributed.init_from_environment(str(params.get("device", "auto")))
     joined_here = distributed.is_distributed() and not was_distributed
@@ -270,7 +288,7 @@ def run_pretrain(
         images = resolve_images(data, root)
         # Before training, so that a read-only or misspelt --out fails now, not after hours.
         distributed.on_main_process(lambda: check_writable_directory(out, "--out"))
-        featurizer = DinoFeaturizer(**params, checkpoint_dir=checkpoint_dir)
+        featurizer = DinoFeaturizer(**params, checkpoint_dir=checkpoint_dir, callbacks=loggers)
         if distributed.is_main_process():
             print(
                 f"DINO on {len(images)} images from {data}"
@@ -280,6 +298,9 @@ def run_pretrain(
         started = time.perf_counter()
         featurizer.fit(images)
         minutes = (time.perf_counter() - started) / 60
+        # The loggers name this machine's paths: not part of the recipe the saved featurizer
+        # and the model card record.
+        featurizer.set_params(callbacks=None)
         if distributed.is_main_process():
             save_backbone(featurizer, out)
             with atomic_write(out / "featurizer.joblib") as file:
@@ -287,11 +308,24 @@ def run_pretrain(
             print(f"Wrote the backbone to {out} (config.json, model.safetensors, README.md)")
             print(f"Wrote the fitted featurizer to {out / 'featurizer.joblib'}")
             print(f"Checkpoints are in {checkpoint_dir}")
+            if featurizer.history_:
+                print(f"Wrote the training history (a row per epoch) to {out / HISTORY_FILE}")
             print(_training_summary(featurizer, minutes))
     finally:
         if joined_here:
             torch.distributed.destroy_process_group()
     return featurizer
+
+
+def _loggers(out: Path, tensorboard: str | os.PathLike[str] | None) -> list[Any]:
+    """``out/history.csv`` and, when asked for, TensorBoard event files: the run's loggers."""
+    loggers = [CSVLogger(out / HISTORY_FILE)]
+    if tensorboard is not None:
+        try:
+            loggers.append(TensorBoardLogger(tensorboard or out / "tensorboard"))
+        except ImportError as error:
+            raise ValueError(f"--tensorboard: {error}") from None
+    return loggers
 
 
 def _training_summary(featurizer: Any, minutes: float) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._progress import TrainingProgress
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
 from ..evaluation.quality import rankme
@@ -28,6 +29,7 @@ from ..training.distributed import (
     gather_objects,
     is_distributed,
     is_main_process,
+    mean_over_ranks,
     rank,
     to_batchnorm,
     to_sync_batchnorm,
@@ -173,6 +175,7 @@ class DinoTrainer(TrainingLoop):
         "(press Ctrl-C again to stop at once, without one)."
     )
     resume_hint = " (sparsam pretrain: add --resume)"
+    long_cpu_run_hint = "Try sparsam.recipes.small_data_recipe (--recipe small) or a GPU."
     shards_across_processes = True
 
     def __init__(
@@ -239,7 +242,7 @@ class DinoTrainer(TrainingLoop):
         self,
         images: TrainingImages | torch.Tensor,
         generator: torch.Generator,
-        progress: Callable[[int, dict[str, float]], None] | None = None,
+        progress: TrainingProgress | None = None,
     ) -> dict[str, list[float]]:
         """Train on the images; returns the history.
 
@@ -250,8 +253,8 @@ class DinoTrainer(TrainingLoop):
         drop-path draws, for the duration of the fit; the caller's global generator states
         are restored afterwards. The same seed on the CPU thus gives the same weights bit for
         bit, with or without drop-path, and a run resumed from a checkpoint, mid-epoch
-        included, equals an uninterrupted one. ``progress`` is called after every epoch with
-        the epoch index and that epoch's history row.
+        included, equals an uninterrupted one. ``progress`` hears of every step and epoch
+        (`sparsam._progress.TrainingProgress`).
 
         Inside an initialised ``torch.distributed`` process group (``torchrun``), every rank
         calls ``fit`` with the same images and seed: ``batch_size`` is per rank, each epoch's
@@ -311,6 +314,7 @@ class DinoTrainer(TrainingLoop):
             self._best = self._snapshot(0, self._teacher_score()["selection_score"])
             self.initial_selection_score = self._best["score"]
         run.position = self._resume(run.generator, run.settings)
+        self._step = run.position.epoch * run.steps_per_epoch + run.position.step
         self._set_training_modes()
         self._wrap_for_distributed()
         return run.position.epoch
@@ -410,6 +414,7 @@ class DinoTrainer(TrainingLoop):
             values = {name: float(schedule[self._step]) for name, schedule in run.schedules.items()}
             self.train_step(batch.to(self.device, non_blocking=True), run.generator, epoch, values)
             self._may_compile = False
+            self._step_done()
             every = self.checkpoint_every
             due = every is not None and (self._step + 1) % every == 0
             if done < run.steps_per_epoch and (due or interrupted()):
@@ -420,7 +425,7 @@ class DinoTrainer(TrainingLoop):
         self._raise_if_non_finite()
         totals = self._statistics.totals()
         row = {name: total / run.steps_per_epoch for name, total in totals.items()}
-        row = _mean_over_ranks(row, self.device)
+        row = mean_over_ranks(row, self.device)
         row.update(values)
         row["seconds"] = time.perf_counter() - started
         return row
@@ -727,13 +732,3 @@ def _quality_images(images: TrainingImages) -> torch.Tensor:
     # list() drains the batch iterator, so that a streamed loader is not left mid-epoch.
     (batch,) = list(images.batches([indices]))
     return batch
-
-
-def _mean_over_ranks(row: dict[str, float], device: torch.device) -> dict[str, float]:
-    """The ranks' mean of each value, so that every rank records the same history."""
-    if not is_distributed() or world_size() == 1:
-        return row
-    names = sorted(row)
-    values = torch.tensor([row[name] for name in names], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(values)
-    return dict(zip(names, (values / world_size()).tolist(), strict=True))

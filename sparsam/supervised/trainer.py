@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import TrainingProgress
 from ..data.cache import weights_digest
 from ..data.training import TrainingImages
 from ..training.augment import MultiCropAugmentation
@@ -200,7 +201,7 @@ class FineTuneTrainer(TrainingLoop):
         validation_indices: torch.Tensor | None,
         class_weights: torch.Tensor,
         generator: torch.Generator,
-        progress: Callable[[int, dict[str, float]], None] | None = None,
+        progress: TrainingProgress | None = None,
     ) -> dict[str, list[float]]:
         """Train on ``images[train_indices]``; score ``images[validation_indices]`` per epoch.
 
@@ -209,8 +210,8 @@ class FineTuneTrainer(TrainingLoop):
         class. ``generator`` draws the batch order and the augmentations and seeds torch's
         global CPU and CUDA generators (drop-path) for the fit; the caller's states are
         restored afterwards, and the same seed on the CPU gives the same weights bit for
-        bit, a resumed run included. ``progress`` is called after every epoch with its index
-        and history row. Returns the history.
+        bit, a resumed run included. ``progress`` (`sparsam._progress.TrainingProgress`)
+        hears of every step and epoch. Returns the history.
         """
         if isinstance(images, torch.Tensor):
             images = TrainingImages(None, images.shape[-1], images)
@@ -320,6 +321,7 @@ class FineTuneTrainer(TrainingLoop):
             self._statistics.add({"loss": loss * len(indices)})
             self._may_compile = False
             self._step += 1
+            self._step_done()
         self._raise_if_non_finite()
         total_loss = self._statistics.totals()["loss"]
         return {"loss": total_loss / sum(len(indices) for indices in batches), "lr": float(lr[-1])}

@@ -10,6 +10,9 @@ of the epochs finished, ``trainer.device`` where it trains.
 A hook must not change the training itself unless that is its purpose (a benchmark replaying an
 old behaviour): a callback that runs the backbone should run a copy, or leave the modules in
 the train/eval modes it found them in. The time a hook takes counts into the training time.
+
+`sparsam.training.logs` holds two ready-made callbacks: ``CSVLogger`` (the history as a CSV
+table) and ``TensorBoardLogger`` (TensorBoard scalars).
 """
 
 from __future__ import annotations
@@ -58,4 +61,15 @@ class Callback:
             The epoch that finished, counted from 0.
         row : dict of str to float
             That epoch's entry of the history (``trainer.history[-1]``).
+        """
+
+    def on_train_end(self, trainer: Any) -> None:
+        """Called once when ``fit``'s training ends: finished, stopped early, interrupted or failed.
+
+        The place to close what the other hooks opened (files, writers).
+
+        Parameters
+        ----------
+        trainer : DinoTrainer or FineTuneTrainer
+            The loop that trained.
         """

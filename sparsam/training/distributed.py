@@ -30,6 +30,7 @@ __all__ = [
     "init_from_environment",
     "is_distributed",
     "is_main_process",
+    "mean_over_ranks",
     "no_sharding",
     "on_main_process",
     "raise_if_any_rank_failed",
@@ -145,6 +146,16 @@ def gather_objects(value: Any) -> list[Any]:
     values: list[Any] = [None] * world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def mean_over_ranks(row: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The ranks' mean of each value, so that every rank records the same history."""
+    if not is_distributed() or world_size() == 1:
+        return row
+    names = sorted(row)
+    values = torch.tensor([row[name] for name in names], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(names, (values / world_size()).tolist(), strict=True))
 
 
 def barrier() -> None:

@@ -3,7 +3,9 @@
 `TrainingLoop` owns what does not depend on the method: the training device, the run's random
 generators (forked, seeded from the caller's generator, restored afterwards), Ctrl-C turned into
 "finish the step, save, stop", the epochs with their save → progress → callbacks → interrupt
-sequence, checkpoints written and resumed, the finiteness of the loss and inference in chunks.
+sequence, checkpoints written and resumed (with ``history.csv`` beside them), the progress after
+every step, an estimate of a CPU run's length, the finiteness of the loss and inference in
+chunks.
 `sparsam.dino.trainer.DinoTrainer` and `sparsam.supervised.trainer.FineTuneTrainer` supply the
 step, what happens around an epoch's steps, and what their checkpoints hold besides.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from .._files import check_writable_directory
+from .._progress import TrainingProgress
 from ..data.training import TrainingImages
 from .augment import MultiCropAugmentation, normalize
 from .callbacks import Callback
@@ -35,15 +39,27 @@ from .checkpoints import (
 )
 from .compilation import RegionalCompilation
 from .distributed import broadcast_object, is_distributed, is_main_process, rank
+from .logs import HISTORY_FILE, check_history_file, write_history_csv
 from .precision import autocast
 from .statistics import StepStatistics
 
-__all__ = ["CUDA_CHECK_EVERY", "Run", "TrainingLoop"]
+__all__ = [
+    "CUDA_CHECK_EVERY",
+    "LONG_CPU_RUN_SECONDS",
+    "TIMED_STEPS",
+    "Run",
+    "TrainingLoop",
+]
 
 logger = logging.getLogger("sparsam")
 
 # Steps between host reads of the loss on a GPU (finiteness): each read waits for the GPU.
 CUDA_CHECK_EVERY = 32
+# Steps timed after the first (which compiles, allocates and fills caches) before the length
+# of a CPU run is estimated and logged.
+TIMED_STEPS = 2
+# A CPU run estimated to take longer than this gets a warning that names a faster way.
+LONG_CPU_RUN_SECONDS = 3600.0
 
 
 @dataclass
@@ -75,7 +91,9 @@ class TrainingLoop:
     autocast_dtype : torch.dtype or None
         bf16 autocast when given, fp32 otherwise.
     checkpoint_dir : path-like or None
-        Where checkpoints are written and resumed from; checked to be writable here.
+        Where checkpoints are written and resumed from, with ``history.csv`` (the history
+        after every epoch, `sparsam.training.logs.write_history_csv`); checked to be writable
+        here, and a ``history.csv`` sparsam did not write is refused.
     checkpoint_keep : int
         How many of the newest checkpoints to keep.
     compile : bool
@@ -101,6 +119,8 @@ class TrainingLoop:
     resume_hint = ""
     #: True when the ranks of a process group train one model on their shares of every batch.
     shards_across_processes = False
+    #: Appended to the warning that a CPU run will take long: what would be faster.
+    long_cpu_run_hint = "Train on a GPU, or choose a smaller backbone or image_size."
 
     def __init__(
         self,
@@ -132,6 +152,8 @@ class TrainingLoop:
             if checkpoint_dir is not None
             else None
         )
+        if self.checkpoint_dir is not None:
+            check_history_file(self.checkpoint_dir / HISTORY_FILE, "checkpoint_dir")
         self.callbacks = list(callbacks)
         self.history: dict[str, list[float]] = {}
         self._best: dict = {}
@@ -139,15 +161,18 @@ class TrainingLoop:
         self._may_compile = False
         self._compilation = RegionalCompilation([], enabled=False)
         self._statistics = StepStatistics(device)
+        self._progress: TrainingProgress | None = None
+        self._clock: _StepClock | None = None
 
     @property
     def backbone(self) -> nn.Module:
         """The backbone ``fit`` would keep if training stopped now."""
         raise NotImplementedError
 
-    def _train(self, run: Run, progress: Callable[[int, dict[str, float]], None] | None) -> None:
+    def _train(self, run: Run, progress: TrainingProgress | None) -> None:
         """Seed the run's generators, resume, and train every epoch left: the frame of ``fit``.
 
+        ``progress`` (`sparsam._progress.TrainingProgress`) hears of every step and epoch.
         The generators are torch's global CPU generator and the device's, from which timm's
         drop-path draws: forked for the fit (the caller's states come back afterwards) and
         seeded from ``run.generator``, so that the same seed gives the same weights.
@@ -165,19 +190,28 @@ class TrainingLoop:
             # Each rank its own drop-path masks.
             seed_global_generators(seed + (rank() if one_group else 0), self.device)
             first_epoch = self._start(run)
+            # After _start, self._step counts the steps a resumed run has done.
+            total_steps = self.config.epochs * run.steps_per_epoch
+            if self.device.type == "cpu" and is_main_process():
+                self._clock = _StepClock(total_steps - self._step)
+            self._progress = progress
+            if progress is not None:
+                progress.start(self._step, total_steps)
             try:
-                self._train_epochs(run, first_epoch, interrupted, progress)
+                self._train_epochs(run, first_epoch, interrupted)
             finally:
                 self._compilation = RegionalCompilation([], enabled=False)
+                self._progress = self._clock = None
                 self._finish()
                 run.images.close()
+                for callback in self.callbacks:
+                    callback.on_train_end(self)
 
     def _train_epochs(
         self,
         run: Run,
         first_epoch: int,
         interrupted: Callable[[], bool],
-        progress: Callable[[int, dict[str, float]], None] | None,
     ) -> None:
         """Train from ``first_epoch`` to the last epoch, recording and saving after each."""
         epochs = self.config.epochs
@@ -192,8 +226,10 @@ class TrainingLoop:
             if is_main_process():
                 logger.info(*self._epoch_summary(epoch, row))
             path = self._save_after_epoch(run, epoch + 1)
-            if progress is not None:
-                progress(epoch, row)
+            if self.checkpoint_dir is not None and is_main_process():
+                write_history_csv(self.checkpoint_dir / HISTORY_FILE, self.history)
+            if self._progress is not None:
+                self._progress.epoch_end(epoch, row)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, epoch, row)
             if interrupted() and epoch + 1 < epochs:
@@ -204,6 +240,30 @@ class TrainingLoop:
         self._statistics = StepStatistics(self.device, totals)
         # The first step compiles (and may be repeated uncompiled if compiling fails).
         self._may_compile = self._compilation.active
+
+    def _step_done(self) -> None:
+        """After every optimiser step: tell the progress; on the CPU, estimate the run once.
+
+        Nothing here reads a device value, so a GPU's queue of steps is never drained.
+        """
+        if self._progress is not None:
+            self._progress.step()
+        if self._clock is not None:
+            seconds = self._clock.step()
+            if seconds is not None:
+                self._log_estimate(seconds, self._clock.steps)
+                self._clock = None
+
+    def _log_estimate(self, seconds: float, steps: int) -> None:
+        """Log how long the run's ``steps`` steps left will take; warn when that is long."""
+        message = (
+            f"{self.name} on the CPU: about {_duration(seconds)} for the {steps} steps left "
+            f"({seconds / steps:.2g} s per step, timed over {TIMED_STEPS} steps)"
+        )
+        if seconds > LONG_CPU_RUN_SECONDS:
+            logger.warning("%s. %s", message, self.long_cpu_run_hint)
+        else:
+            logger.info(message)
 
     def _check_loss(self, loss: torch.Tensor) -> None:
         """Record this step's loss; every ``check_every`` steps, stop if one was not finite."""
@@ -359,3 +419,31 @@ class TrainingLoop:
     def _non_finite_message(self, step: int, value: float, stopped: str) -> str:
         """The error message of a non-finite loss at global step ``step``."""
         raise NotImplementedError
+
+
+class _StepClock:
+    """Times `TIMED_STEPS` steps after the first and extrapolates to the run's steps left."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self._counted = 0
+        self._started = 0.0
+
+    def step(self) -> float | None:
+        """Count a step; the seconds of ``steps`` once `TIMED_STEPS` are timed, else None."""
+        self._counted += 1
+        now = time.perf_counter()
+        if self._counted == 1:
+            self._started = now
+        elif self._counted == 1 + TIMED_STEPS:
+            return (now - self._started) / TIMED_STEPS * self.steps
+        return None
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the unit a person would say: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} hours"
