@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsam`` console script."""
     args = build_parser().parse_args(argv)
+    # What params.json records as the command line.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Only sparsam's own logger: INFO of other libraries (httpx, torch) stays hidden. Without
     # -v the logger keeps the level it has (the root's WARNING unless the caller set one),
