@@ -1,7 +1,8 @@
 """The ``sparsam`` command line.
 
 ``sparsam demo`` shows the method on bundled digits; ``pretrain``, ``embed`` and ``evaluate``
-run it on your images; ``convert`` and ``push`` publish backbones in timm's Hub format.
+run it on your images; ``classify`` predicts the unlabeled images from a labels CSV;
+``convert`` and ``push`` publish backbones in timm's Hub format.
 
 Each command is a module of this package with an ``add_parser`` and a ``run`` function; ``main``
 assembles the parser from them. The experiments behind ``demo`` and ``evaluate`` live in
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import convert, demo, embed, evaluate, pretrain, push
+from . import classify, convert, demo, embed, evaluate, pretrain, push
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -28,6 +29,7 @@ COMMANDS = {
     "push": push,
     "pretrain": pretrain,
     "embed": embed,
+    "classify": classify,
 }
 
 _DESCRIPTION = """\

@@ -12,7 +12,7 @@ import numpy as np
 
 from .images import DATA_HELP, resolve_images
 
-__all__ = ["add_parser", "run", "run_embed"]
+__all__ = ["add_parser", "embedding_featurizer", "run", "run_embed"]
 
 
 def add_parser(commands: Any) -> None:
@@ -186,7 +186,7 @@ def run_embed(
         images = resolve_images(data, root)
         names = _input_names(images, data)
         distributed.on_main_process(lambda: check_writable_directory(out.parent, "--out folder"))
-        featurizer = _embedding_featurizer(
+        featurizer = embedding_featurizer(
             backbone,
             images[:1],
             architecture=architecture,
@@ -225,7 +225,7 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
             )
 
 
-def _embedding_featurizer(
+def embedding_featurizer(
     backbone: str | os.PathLike[str],
     first_image: Any,
     *,

@@ -464,12 +464,13 @@ def print_dry_run(
     command: str,
     settings: Settings,
     facts: Sequence[str],
-    steps_per_epoch: int,
+    steps_per_epoch: int | None,
     timing: tuple[float, int, str] | None,
 ) -> None:
     """Print what ``--dry-run`` reports: settings with their source, facts, the estimate.
 
-    ``timing`` is (seconds per step, steps timed, device) or None when nothing was timed.
+    ``steps_per_epoch`` is None for a run without training steps; ``timing`` is (seconds per
+    step, steps timed, device), or None when nothing was timed.
     """
     print(f"sparsam {command} --dry-run: nothing is trained or written.")
     print(f"Resolved settings of {settings.estimator.__name__} (where each came from):")
@@ -478,6 +479,8 @@ def print_dry_run(
         print(f"  {name:<{width}} = {json.dumps(value)}  [{settings.sources[name]}]")
     for fact in facts:
         print(fact)
+    if steps_per_epoch is None:
+        return
     epochs = int(settings.params["epochs"])
     print(f"Steps per epoch: {steps_per_epoch}")
     if timing is None:
