@@ -18,8 +18,9 @@ def add_parser(commands: Any) -> None:
         help="the paper's experiment: few-shot curve of frozen features + a classifier",
         description=(
             "Embed a data set (--dataset NAME, or DATA --labels labels.csv) with a pretrained "
-            "(optionally further DINO-trained) featurizer, train one of the paper's classifiers on N labeled images per class over repeated "
-            "draws, score balanced accuracy on the rest, print the table and write "
+            "(optionally further DINO-trained) featurizer, train one of the paper's classifiers "
+            "on N labeled images per class over repeated draws, score balanced accuracy on the "
+            "rest, print the table and write "
             "few_shot_curve.csv and few_shot_curve.png to --out. With --supervised, a network "
             "fine-tuned end to end from the same starting point is scored on the same draws "
             "too: a second table, few_shot_curve_supervised.csv, and both curves in the PNG."
