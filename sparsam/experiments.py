@@ -188,6 +188,7 @@ def run_evaluate(
     verbose: int = 1,
     supervised: bool = False,
     supervised_epochs: int = 100,
+    labeled: tuple[Any, np.ndarray, list[str]] | None = None,
 ) -> EvaluationResult:
     """The paper's experiment: frozen DINO features, few labels per class, a plain classifier.
 
@@ -240,6 +241,11 @@ def run_evaluate(
     supervised_epochs : int, default=100
         ``SupervisedClassifier(epochs=...)``: the most epochs of each fine-tuning; early
         stopping usually ends it sooner.
+    labeled : (images, labels, class_names), optional
+        Images to evaluate instead of loading ``dataset``, which then only names them in the
+        outputs: ``labels`` are indices into ``class_names``, ``-1`` for unlabeled images
+        (used by DINO with ``epochs``, left out of the curve), as
+        ``sparsam.data.labels.class_indices`` returns them for a labels CSV.
 
     Returns
     -------
@@ -252,7 +258,9 @@ def run_evaluate(
     classifiers = _checked_classifiers(
         pretrained, featurizer, classifier, supervised, supervised_epochs, random_state
     )
-    images, labels, class_names = load_evaluation_dataset(dataset, root)
+    images, labels, class_names = (
+        labeled if labeled is not None else load_evaluation_dataset(dataset, root)
+    )
     labels = np.asarray(labels)
     settings = {
         name: value

@@ -1,11 +1,12 @@
-"""Settings of `sparsam.DinoFeaturizer` for small data sets trained on a CPU.
+"""Settings of `sparsam.DinoFeaturizer`: the paper's recipe, and one for small data sets.
 
-The paper's recipe (the estimator's defaults: XCiT-S12/8, 224 px, 100 epochs) needs GPUs and
-large archives. `small_data_recipe` is the preset for a few thousand small images on a CPU,
-chosen from the image size and the number of images only, never per data set: it was selected
-by the mean over the few-shot suite (``benchmarks/fewshot_suite.py``; digits, synthetic
-cytology, synthetic tissue textures), and ``benchmarks/RESULTS.md`` reports every setting tried,
-the losing ones included. ``docs/small_data_recipe.md`` explains each choice.
+`paper_recipe` is the paper's DINO pretraining (XCiT-S12/8 from ImageNet weights at 256 px,
+65,536 prototypes): a GPU's job on a large archive. `small_data_recipe` is the preset for a
+few thousand small images on a CPU, chosen from the image size and the number of images only,
+never per data set: it was selected by the mean over the few-shot suite
+(``benchmarks/fewshot_suite.py``; digits, synthetic cytology, synthetic tissue textures), and
+``benchmarks/RESULTS.md`` reports every setting tried, the losing ones included.
+``docs/small_data_recipe.md`` explains each choice.
 
 Examples
 --------
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["DIGITS_RECIPE", "small_data_recipe"]
+__all__ = ["DIGITS_RECIPE", "paper_recipe", "small_data_recipe"]
 
 # Steps, not minutes, decide whether a small data set learns (docs/small_data_recipe.md): the
 # recipe aims at this many optimiser steps whatever the number of images (120 epochs of
@@ -114,3 +115,69 @@ def small_data_recipe(*, image_size: int, n_images: int) -> dict[str, Any]:
 
 # The demo's recipe: the small-data recipe for the 1,797 digits of 8 x 8 pixels.
 DIGITS_RECIPE: dict[str, Any] = small_data_recipe(image_size=8, n_images=1797)
+
+
+def paper_recipe() -> dict[str, Any]:
+    """`DinoFeaturizer` parameters of the paper's DINO pretraining (Nielsen et al. 2023).
+
+    The settings recorded from the paper's configurations (``docs/how_it_works.md``, "The
+    paper's recipe"): XCiT-S12/8 from timm's ImageNet weights, images resized to 256 px, 2
+    global crops of scale (0.5, 1) and 5 local crops of 96 px, scale (0.1, 0.5); flips both
+    ways, rotations up to 180°, random perspective, colour jitter (0.4, 0.4, 0.2, 0.1),
+    grayscale, blur and solarisation; a 4-layer head (hidden 2048, bottleneck 256, 65,536
+    prototypes); student temperature 0.1, teacher temperature warmed up from 0.02 to 0.04;
+    teacher momentum 0.9995 to 1; learning rate 5e-4 × batch / 256 after 2 warm-up epochs;
+    weight decay 0.04 to 0.4; no KoLeo term; the teacher's class token as the feature.
+    Where the paper states no value (epochs, batch size, the length of the temperature
+    warm-up), DINO's own settings are used: 100 epochs, 64 images per step and process, 30
+    epochs of temperature warm-up.
+
+    Returns
+    -------
+    params : dict
+        Keyword arguments of `sparsam.DinoFeaturizer`; add ``random_state`` and override
+        what you like.
+
+    Examples
+    --------
+    >>> from sparsam.recipes import paper_recipe
+    >>> paper_recipe()["out_dim"], paper_recipe()["image_size"]
+    (65536, 256)
+    """
+    return {
+        "backbone": "xcit_small_12_p8_224",
+        "pretrained": "imagenet",
+        "image_size": 256,
+        "epochs": 100,
+        "batch_size": 64,
+        "global_crops": 2,
+        "global_crop_scale": (0.5, 1.0),
+        "local_crops": 5,
+        "local_crop_size": 96,
+        "local_crop_scale": (0.1, 0.5),
+        "horizontal_flip": 0.5,
+        "vertical_flip": 0.5,
+        "rotation": 180.0,
+        "perspective": 0.5,
+        "color_jitter": (0.4, 0.4, 0.2, 0.1),
+        "grayscale": 0.2,
+        "solarization": 0.2,
+        "out_dim": 65536,
+        "head_hidden_dim": 2048,
+        "head_bottleneck_dim": 256,
+        "head_layers": 4,
+        "student_temperature": 0.1,
+        "warmup_teacher_temperature": 0.02,
+        "teacher_temperature": 0.04,
+        # The paper gives the temperature's start and end, not the warm-up's length: DINO's
+        # published runs warm it up over 30 epochs.
+        "warmup_teacher_temperature_epochs": 30,
+        "teacher_momentum": 0.9995,
+        "lr": 5e-4,
+        "warmup_epochs": 2,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.4,
+        "koleo_weight": 0.0,
+        "pooling": "cls",
+        "n_last_blocks": 1,
+    }

@@ -282,10 +282,13 @@ def test_verbose_is_accepted_after_the_command(piped_pretrain):
 
 
 def test_pretrain_tensorboard_without_tensorboard_fails_in_one_line(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (16, 16)).save(images / "one.png")
     hide = "import sys; sys.modules['tensorboard'] = None; from sparsam.cli import main; "
     command = [sys.executable, "-c", hide + "sys.exit(main(sys.argv[1:]))"]
     process = subprocess.run(
-        [*command, "pretrain", str(tmp_path), "--out", str(tmp_path / "out"), "--tensorboard"],
+        [*command, "pretrain", str(images), "--out", str(tmp_path / "out"), "--tensorboard"],
         capture_output=True,
         text=True,
         timeout=300,

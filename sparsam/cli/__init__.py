@@ -1,8 +1,9 @@
 """The ``sparsam`` command line.
 
 ``sparsam demo`` shows the method on bundled digits; ``pretrain``, ``embed`` and ``evaluate``
-run it on your images, ``attention`` draws where the class token looks; ``convert`` and
-``push`` publish backbones in timm's Hub format.
+run it on your images; ``classify`` predicts the unlabeled images from a labels CSV,
+``attention`` draws where the class token looks; ``convert`` and ``push`` publish
+backbones in timm's Hub format.
 
 Each command is a module of this package with an ``add_parser`` and a ``run`` function; ``main``
 assembles the parser from them. The experiments behind ``demo`` and ``evaluate`` live in
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import attention, convert, demo, embed, evaluate, pretrain, push
+from . import attention, classify, convert, demo, embed, evaluate, pretrain, push
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -30,6 +31,7 @@ COMMANDS = {
     "pretrain": pretrain,
     "embed": embed,
     "attention": attention,
+    "classify": classify,
 }
 
 _DESCRIPTION = """\
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsam`` console script."""
     args = build_parser().parse_args(argv)
+    # What params.json records as the command line.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Only sparsam's own logger: INFO of other libraries (httpx, torch) stays hidden. Without
     # -v the logger keeps the level it has (the root's WARNING unless the caller set one),

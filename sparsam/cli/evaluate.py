@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..experiments import EVALUATE_DATASETS, run_evaluate
@@ -16,15 +17,30 @@ def add_parser(commands: Any) -> None:
         "evaluate",
         help="the paper's experiment: few-shot curve of frozen features + a classifier",
         description=(
-            "Embed a data set with a pretrained (optionally further DINO-trained) featurizer, "
-            "train one of the paper's classifiers on N labeled images per class over repeated "
-            "draws, score balanced accuracy on the rest, print the table and write "
+            "Embed a data set (--dataset NAME, or DATA --labels labels.csv) with a pretrained "
+            "(optionally further DINO-trained) featurizer, train one of the paper's classifiers "
+            "on N labeled images per class over repeated draws, score balanced accuracy on the "
+            "rest, print the table and write "
             "few_shot_curve.csv and few_shot_curve.png to --out. With --supervised, a network "
             "fine-tuned end to end from the same starting point is scored on the same draws "
             "too: a second table, few_shot_curve_supervised.csv, and both curves in the PNG."
         ),
     )
-    evaluate.add_argument("--dataset", choices=EVALUATE_DATASETS, required=True)
+    evaluate.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA",
+        help="with --labels: a folder of images or a .txt/.csv list of image files",
+    )
+    evaluate.add_argument(
+        "--labels",
+        metavar="CSV",
+        help="with DATA: a CSV with the columns path,label (paths absolute or relative to the "
+        "CSV's folder; empty labels and images not in the file are unlabeled)",
+    )
+    evaluate.add_argument(
+        "--dataset", choices=EVALUATE_DATASETS, help="a data set by name (instead of DATA)"
+    )
     evaluate.add_argument(
         "--root", default=None, help="the download (a .npz file for medmnist); not for demo"
     )
@@ -91,6 +107,40 @@ def _add_model_options(evaluate: argparse.ArgumentParser) -> None:
     )
 
 
+def _labeled_images(args: argparse.Namespace) -> tuple[Any, Any, list[str]] | None:
+    """The images of DATA with the labels of ``--labels``; None with ``--dataset``."""
+    from ..data.labels import class_indices, read_labels
+    from .images import resolve_images
+
+    if (args.dataset is None) == (args.data is None):
+        raise ValueError(
+            "Pass either --dataset NAME or DATA with --labels labels.csv (a folder or list of "
+            "images and a CSV with the columns path,label)."
+        )
+    if args.dataset is not None:
+        if args.labels is not None:
+            raise ValueError(
+                f"--labels goes with DATA, not with --dataset {args.dataset}, whose loader "
+                "reads its own labels."
+            )
+        return None
+    if args.labels is None:
+        raise ValueError(
+            f"DATA={args.data!r} without --labels: expected a CSV with the columns path,label "
+            "naming the labeled images of DATA."
+        )
+    if args.root is not None:
+        raise ValueError("--root goes with --dataset, not with DATA --labels.")
+    images = resolve_images(args.data)
+    if not isinstance(images, list):
+        raise ValueError(
+            f"DATA={args.data!r} is a data set of arrays; --labels names image files: "
+            "expected a folder of images or a list of image files."
+        )
+    indices, class_names = class_indices(read_labels(args.labels, images))
+    return images, indices, class_names
+
+
 def run(args: argparse.Namespace) -> None:
     """Run ``sparsam evaluate`` as parsed into ``args``."""
     if args.supervised_epochs is not None and not args.supervised:
@@ -102,9 +152,11 @@ def run(args: argparse.Namespace) -> None:
     supervised_options = (
         {} if args.supervised_epochs is None else {"supervised_epochs": args.supervised_epochs}
     )
+    labeled = _labeled_images(args)
     run_evaluate(
-        args.dataset,
+        args.dataset or Path(args.data).name,
         args.root,
+        labeled=labeled,
         pretrained=args.pretrained,
         featurizer=args.featurizer,
         epochs=args.epochs,

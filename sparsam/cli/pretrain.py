@@ -5,17 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..training.checkpoints import list_checkpoints
 from ..training.logs import HISTORY_FILE, CSVLogger, TensorBoardLogger
 from .images import DATA_HELP, resolve_images
+from .settings import (
+    PARAMS_FILE,
+    Layer,
+    Settings,
+    add_settings_options,
+    check_checkpoints,
+    check_resume,
+    config_layer,
+    options_layer,
+    print_dry_run,
+    resolve_settings,
+    seconds_per_step,
+    write_params,
+)
 
-__all__ = ["add_parser", "pretrain_parameters", "run", "run_pretrain"]
+__all__ = ["add_parser", "pretrain_parameters", "pretrain_settings", "run", "run_pretrain"]
 
 # `sparsam pretrain` options that are DinoFeaturizer parameters of the same name; those the
 # user leaves out keep the featurizer's defaults.
@@ -37,6 +52,8 @@ _PRETRAIN_PARAMETERS = (
     "checkpoint_every",
 )
 _IN_MEMORY = {"auto": "auto", "yes": True, "no": False}
+# The options whose name is not the parameter's (errors name the option the user typed).
+_FLAGS = {"random_state": "--seed", "verbose": "--quiet"}
 _COMPILE = _IN_MEMORY
 
 
@@ -154,7 +171,6 @@ def _add_training_options(pretrain: argparse.ArgumentParser) -> None:
     pretrain.add_argument(
         "--seed",
         type=int,
-        default=0,
         metavar="S",
         help="random_state; --resume needs the same (default: 0)",
     )
@@ -169,6 +185,7 @@ def _add_training_options(pretrain: argparse.ArgumentParser) -> None:
     pretrain.add_argument(
         "--quiet", action="store_true", help="no progress bars or per-epoch progress lines"
     )
+    add_settings_options(pretrain, recipes=("small", "paper"))
 
 
 def pretrain_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,39 +199,110 @@ def pretrain_parameters(args: argparse.Namespace) -> dict[str, Any]:
         params["in_memory"] = _IN_MEMORY[args.in_memory]
     if args.compile is not None:
         params["compile"] = _COMPILE[args.compile]
-    params["random_state"] = args.seed
-    params["verbose"] = 0 if args.quiet else 1
+    if args.checkpoint_dir is not None:
+        params["checkpoint_dir"] = args.checkpoint_dir
+    if args.seed is not None:
+        params["random_state"] = args.seed
+    if args.quiet:
+        params["verbose"] = 0
     return params
+
+
+def pretrain_settings(args: argparse.Namespace, images: Any) -> Settings:
+    """The resolved DinoFeaturizer settings: the command's seed 0 < ``--recipe`` <
+    ``--config`` < the options given."""
+    from ..featurizer import DinoFeaturizer
+
+    layers: list[tuple[str, Layer]] = [
+        ("default of sparsam pretrain", options_layer({"random_state": 0}, _FLAGS)),
+    ]
+    config = config_layer(DinoFeaturizer, args.config) if args.config else None
+    options = options_layer(pretrain_parameters(args), _FLAGS)
+    if args.recipe is not None:
+        given = {**(config.values if config else {}), **options.values}
+        recipe = _recipe(args.recipe, images, given.get("image_size"))
+        layers.append(
+            (f"recipe {args.recipe!r}", Layer(recipe, _recipe_where(args.recipe, recipe)))
+        )
+    if config is not None:
+        layers.append((str(args.config), config))
+    layers.append(("command line", options))
+    return resolve_settings(DinoFeaturizer, layers)
+
+
+def _recipe(name: str, images: Any, image_size: int | None) -> dict[str, Any]:
+    """The parameters of ``--recipe name``; ``small`` is sized from the images found."""
+    from ..recipes import paper_recipe, small_data_recipe
+
+    if name == "paper":
+        return paper_recipe()
+    if image_size is None:
+        from ..data import as_image_source
+
+        first = as_image_source(images[:1])[0]
+        image_size = int(max(first.shape[-2:]))
+    return small_data_recipe(image_size=int(image_size), n_images=len(images))
+
+
+def _recipe_where(name: str, recipe: dict[str, Any]) -> dict[str, str]:
+    return {key: f"--recipe {name}: key {key!r}" for key in recipe}
 
 
 def run(args: argparse.Namespace) -> None:
     """Run ``sparsam pretrain`` as parsed into ``args``."""
+    images = resolve_images(args.data, args.root)
+    settings = pretrain_settings(args, images)
+    if args.dry_run:
+        _dry_run(args, settings, images)
+        return
+    params = dict(settings.params)
     run_pretrain(
         args.data,
         args.out,
         root=args.root,
-        params=pretrain_parameters(args),
-        checkpoint_dir=args.checkpoint_dir,
+        params=params,
+        checkpoint_dir=params.pop("checkpoint_dir"),
         resume=args.resume,
         tensorboard=args.tensorboard,
+        settings=settings,
+        command_line=getattr(args, "argv", sys.argv[1:]),
+        images=images,
     )
 
 
-def _check_checkpoints(checkpoint_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint ``--resume`` continues from; refuse to mix runs either way."""
-    checkpoints = list_checkpoints(checkpoint_dir)
-    if resume and not checkpoints:
-        raise ValueError(
-            f"--resume but no sparsam checkpoint in --checkpoint-dir {str(checkpoint_dir)!r}: "
-            "expected the checkpoint directory of an earlier run (drop --resume to start one)."
+def _dry_run(args: argparse.Namespace, settings: Settings, images: Any) -> None:
+    """Print the resolved settings, the images, steps per epoch and a timed estimate."""
+    from .._estimator import resolve_device
+
+    params = settings.params
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    batch_size = min(int(params["batch_size"]), len(images) // processes)
+    steps_per_epoch = len(images) // max(1, batch_size * processes)
+    facts = [
+        f"Images found: {len(images)} in {args.data}",
+        f"Processes: {processes}, {batch_size} images per step and process "
+        "(the last incomplete batch of an epoch is dropped, as in DINO)",
+    ]
+    timing = None
+    if steps_per_epoch:
+        estimator = settings.estimator(**params)
+        # No head warm-up in the timed steps: they time the full step, backbone included.
+        seconds = seconds_per_step(
+            estimator, images, head_warmup_epochs=0, memory=None, batch_size=batch_size
         )
-    if not resume and checkpoints:
-        raise ValueError(
-            f"--checkpoint-dir {str(checkpoint_dir)!r} already holds {len(checkpoints)} sparsam "
-            f"checkpoint(s), newest {checkpoints[0].name}: pass --resume to continue that run, "
-            "or choose another --checkpoint-dir (or --out) to start a new one."
-        )
-    return checkpoints[0] if checkpoints else None
+        timing = (seconds, 3, str(resolve_device(params["device"])))
+    print_dry_run("pretrain", settings, facts, steps_per_epoch, timing)
+
+
+def _run_description(data: Any, root: Any, images: Any) -> dict[str, Any]:
+    """What ``params.json`` records of the data, besides the settings."""
+    path = Path(data).expanduser()
+    described = str(path.absolute()) if path.exists() else str(data)
+    return {
+        "data": described,
+        "root": None if root is None else str(Path(root).absolute()),
+        "n_images": len(images),
+    }
 
 
 def run_pretrain(
@@ -226,10 +314,15 @@ def run_pretrain(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     tensorboard: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+    command_line: Sequence[str] = (),
+    images: Any = None,
 ) -> Any:
     """DINO pretraining of a backbone on the images of ``data``; writes the result to ``out``.
 
-    ``out`` receives the teacher backbone in timm's Hub format (``config.json``,
+    ``out`` receives ``params.json`` before training (the resolved settings, the data, the
+    versions of sparsam, torch, timm and Python, and the command line), then the teacher
+    backbone in timm's Hub format (``config.json``,
     ``model.safetensors`` and a model card, written by ``save_backbone``), the fitted
     featurizer as ``featurizer.joblib`` and, rewritten after every epoch, the training
     history as ``history.csv`` (`sparsam.training.logs.CSVLogger`). Under ``torchrun`` every
@@ -253,21 +346,28 @@ def run_pretrain(
     resume : bool, default=False
         Continue from the newest checkpoint in ``checkpoint_dir``. Without it, a directory
         that already holds checkpoints is refused, so that no run continues or overwrites
-        another by accident; with it, a directory without checkpoints is refused.
+        another by accident; with it, a directory without checkpoints is refused, and so are
+        settings that differ from those in ``out/params.json`` in anything that identifies
+        the run (`sparsam.cli.settings.check_resume`).
     tensorboard : str or path-like, optional
         Also write TensorBoard event files there (`sparsam.training.logs.TensorBoardLogger`);
         ``""`` means ``out/tensorboard``. Needs the ``tensorboard`` package.
+    settings : Settings, optional
+        The resolved settings (`pretrain_settings`) that ``params.json`` records with their
+        sources; resolved from ``params`` when omitted.
+    command_line : sequence of str, default=()
+        The arguments of ``sparsam`` that ``params.json`` records.
+    images : list or ndarray, optional
+        ``resolve_images(data, root)``, when the caller has it already.
 
     Returns
     -------
     featurizer : DinoFeaturizer
         The fitted featurizer (on every rank).
     """
-    import joblib
     import torch.distributed
 
-    from .._files import atomic_write, check_writable_directory
-    from ..backbones import save_backbone
+    from .._files import check_writable_directory
     from ..featurizer import DinoFeaturizer
     from ..training import distributed
 
@@ -275,6 +375,11 @@ def run_pretrain(
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     params = dict(params or {})
     loggers = _loggers(out, tensorboard)
+    if settings is None:
+        settings = resolve_settings(
+            DinoFeaturizer,
+            [("params", options_layer({**params, "checkpoint_dir": checkpoint_dir}))],
+        )
     was_distributed = distributed.is_distributed()
     device = distributed.init_from_environment(str(params.get("device", "auto")))
     joined_here = distributed.is_distributed() and not was_distributed
@@ -284,11 +389,23 @@ def run_pretrain(
             params["device"] = str(device)
         if not distributed.is_main_process():
             params["verbose"] = 0  # one progress bar, not one per process
-        newest = distributed.on_main_process(lambda: _check_checkpoints(checkpoint_dir, resume))
-        images = resolve_images(data, root)
+        if images is None:
+            images = resolve_images(data, root)
+        run_description = _run_description(data, root, images)
+        if resume:
+            distributed.on_main_process(
+                lambda: check_resume(out / PARAMS_FILE, settings, run_description)
+            )
+        newest = distributed.on_main_process(lambda: check_checkpoints(checkpoint_dir, resume))
         # Before training, so that a read-only or misspelt --out fails now, not after hours.
         distributed.on_main_process(lambda: check_writable_directory(out, "--out"))
-        featurizer = DinoFeaturizer(**params, checkpoint_dir=checkpoint_dir, callbacks=loggers)
+        distributed.on_main_process(
+            lambda: write_params(
+                out / PARAMS_FILE, "pretrain", settings, run_description, command_line
+            )
+        )
+        callbacks = [*(params.pop("callbacks", None) or ()), *loggers]
+        featurizer = DinoFeaturizer(**params, checkpoint_dir=checkpoint_dir, callbacks=callbacks)
         if distributed.is_main_process():
             print(
                 f"DINO on {len(images)} images from {data}"
@@ -302,19 +419,29 @@ def run_pretrain(
         # and the model card record.
         featurizer.set_params(callbacks=None)
         if distributed.is_main_process():
-            save_backbone(featurizer, out)
-            with atomic_write(out / "featurizer.joblib") as file:
-                joblib.dump(featurizer, file)
-            print(f"Wrote the backbone to {out} (config.json, model.safetensors, README.md)")
-            print(f"Wrote the fitted featurizer to {out / 'featurizer.joblib'}")
-            print(f"Checkpoints are in {checkpoint_dir}")
-            if featurizer.history_:
-                print(f"Wrote the training history (a row per epoch) to {out / HISTORY_FILE}")
-            print(_training_summary(featurizer, minutes))
+            _write_outputs(featurizer, out, checkpoint_dir, minutes)
     finally:
         if joined_here:
             torch.distributed.destroy_process_group()
     return featurizer
+
+
+def _write_outputs(featurizer: Any, out: Path, checkpoint_dir: Path, minutes: float) -> None:
+    """The backbone in timm's Hub format and the fitted featurizer in ``out``, said on stdout."""
+    import joblib
+
+    from .._files import atomic_write
+    from ..backbones import save_backbone
+
+    save_backbone(featurizer, out)
+    with atomic_write(out / "featurizer.joblib") as file:
+        joblib.dump(featurizer, file)
+    print(f"Wrote the backbone to {out} (config.json, model.safetensors, README.md)")
+    print(f"Wrote the fitted featurizer to {out / 'featurizer.joblib'}")
+    print(f"Checkpoints are in {checkpoint_dir}")
+    if featurizer.history_:
+        print(f"Wrote the training history (a row per epoch) to {out / HISTORY_FILE}")
+    print(_training_summary(featurizer, minutes))
 
 
 def _loggers(out: Path, tensorboard: str | os.PathLike[str] | None) -> list[Any]:
