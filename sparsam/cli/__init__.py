@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import convert, demo, embed, evaluate, pretrain, push
+from . import check, convert, demo, embed, evaluate, pretrain, push
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -28,6 +28,7 @@ COMMANDS = {
     "push": push,
     "pretrain": pretrain,
     "embed": embed,
+    "check": check,
 }
 
 _DESCRIPTION = """\
@@ -78,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.setLevel(logging.INFO)
     try:
         # Bad input (ValueError, OSError) becomes exit code 1.
-        COMMANDS[args.command].run(args)
+        # A command may return its exit status (check: 1 when it found problems).
+        status = COMMANDS[args.command].run(args)
     except (ValueError, OSError) as error:
         print(f"sparsam {args.command}: error: {error}", file=sys.stderr)
         return 1
@@ -88,4 +90,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         logger.setLevel(previous_level)
-    return 0
+    return status or 0

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from ..training.checkpoints import list_checkpoints
-from .images import DATA_HELP, resolve_images
+from .images import (
+    DATA_HELP,
+    SKIPPED_REPORT,
+    add_on_error_option,
+    reporting_skipped,
+    resolve_images,
+)
 
 __all__ = ["add_parser", "pretrain_parameters", "run", "run_pretrain"]
 
@@ -34,6 +40,7 @@ _PRETRAIN_PARAMETERS = (
     "precision",
     "num_workers",
     "checkpoint_every",
+    "on_error",
 )
 _IN_MEMORY = {"auto": "auto", "yes": True, "no": False}
 _COMPILE = _IN_MEMORY
@@ -157,6 +164,7 @@ def _add_training_options(pretrain: argparse.ArgumentParser) -> None:
         metavar="S",
         help="random_state; --resume needs the same (default: 0)",
     )
+    add_on_error_option(pretrain)
     pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -278,7 +286,8 @@ def run_pretrain(
                 + (f", {distributed.world_size()} processes (torchrun)" if joined_here else "")
             )
         started = time.perf_counter()
-        featurizer.fit(images)
+        with reporting_skipped(out / SKIPPED_REPORT):
+            featurizer.fit(images)
         minutes = (time.perf_counter() - started) / 60
         if distributed.is_main_process():
             save_backbone(featurizer, out)
