@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ._progress import TrainingProgress, stderr_is_terminal
 from .backbones import create_backbone, load_backbone
 from .data import ImageSource, iter_batches
+from .data.skipping import ON_ERROR_OPTIONS, SkippedImage
 from .data.training import TrainingImages, training_images
 from .training.augment import MultiCropAugmentation
 from .training.precision import resolve_precision
@@ -95,6 +96,7 @@ class ImageEstimator(BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "callbacks": [list, None],
+        "on_error": [StrOptions(set(ON_ERROR_OPTIONS))],
     }
     # The (low, high) area ranges of the crops, checked by _validate_tuples.
     _crop_scale_names: ClassVar[tuple[str, ...]] = ()
@@ -178,8 +180,13 @@ class ImageEstimator(BaseEstimator):
         )
 
     def _decode_training_images(
-        self, source: ImageSource, image_size: int, device: torch.device
+        self,
+        source: ImageSource,
+        image_size: int,
+        device: torch.device,
+        skipped: list[SkippedImage] | None,
     ) -> TrainingImages:
+        """The training images; with a ``skipped`` list, those that decode (``on_error``)."""
         return decode_training_images(
             source,
             image_size,
@@ -188,7 +195,13 @@ class ImageEstimator(BaseEstimator):
             self.num_workers,
             device,
             self.verbose,
+            skipped,
         )
+
+    def _skipped_list(self) -> list[SkippedImage] | None:
+        """A list to record undecodable images in with ``on_error="skip"``; None to raise."""
+        # getattr: estimators pickled before on_error existed raise, as they did then.
+        return [] if getattr(self, "on_error", "raise") == "skip" else None
 
     @contextlib.contextmanager
     def _training_progress(self, description: str) -> Iterator[TrainingProgress]:
@@ -245,7 +258,7 @@ class ImageEstimator(BaseEstimator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Estimators pickled before the callbacks parameter existed.
-        super().__setstate__({"callbacks": None, **state})
+        super().__setstate__({"callbacks": None, "on_error": "raise", **state})
 
 
 def draw_seed(rng: np.random.RandomState) -> int:
@@ -412,8 +425,10 @@ def decode_training_images(
     num_workers: int,
     device: torch.device,
     verbose: int,
+    skipped: list[SkippedImage] | None = None,
 ) -> TrainingImages:
-    """The training images, decoded once under a progress bar, or streamed."""
+    """The training images, decoded once under a progress bar, or streamed; with a
+    ``skipped`` list, those that cannot be decoded are left out and recorded in it."""
     # Decoding thousands of files into memory takes minutes before the first epoch; the bar
     # appears with the first decoded batch, so a streamed set shows none.
     bars: list[tqdm] = []
@@ -433,6 +448,7 @@ def decode_training_images(
             num_workers,
             pin_memory=device.type == "cuda",
             progress=progress,
+            skipped=skipped,
         )
     finally:
         for bar in bars:
@@ -451,6 +467,7 @@ def batched_outputs(
     precision: str,
     verbose: int,
     description: str,
+    skipped: list[SkippedImage] | None = None,
 ) -> np.ndarray:
     """``model``'s float32 outputs ``(n, width)`` for every image, resized and normalised.
 
@@ -458,15 +475,20 @@ def batched_outputs(
     decoded, copied (from page-locked memory) and queued while the GPU runs batch ``i``,
     whose outputs are copied back asynchronously and read only then. The normalised images
     go into one float buffer reused by every batch.
+
+    With a ``skipped`` list, an image that cannot be decoded gets a row of NaN and a record
+    in the list (``on_error="skip"``); None raises.
     """
     model = model.to(device)
     autocast_dtype = resolve_precision(precision, device)
+    already_skipped = len(skipped) if skipped is not None else 0
     batches = iter_batches(
         source,
         data_config["image_size"],
         batch_size,
         num_workers,
         pin_memory=device.type == "cuda",
+        skipped=skipped,
     )
     normalized = _NormalizationBuffer(data_config["mean"], data_config["std"], device)
     # Filled batch by batch: a list of batches and a concatenation would hold it twice.
@@ -495,6 +517,8 @@ def batched_outputs(
             start += len(batch)
         if pending is not None:
             pending.write_to(outputs)
+    if skipped:
+        outputs[[image.index for image in skipped[already_skipped:]]] = np.nan
     return outputs
 
 

@@ -29,6 +29,7 @@ from ._estimator import (
 from .backbones import backbone_data_config
 from .data import as_image_source
 from .data.cache import subset_source
+from .data.skipping import warn_skipped
 from .evaluation.splits import check_class_labels, labeled_mask
 from .featurizer import DinoFeaturizer
 from .supervised.trainer import FineTuneConfig, FineTuneTrainer
@@ -151,6 +152,15 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         trainer (``trainer.backbone`` is the backbone being fine-tuned, ``trainer.history``
         the epochs so far). For watching training; they are not part of a checkpoint's run
         identity and must not change the training.
+    on_error : {"raise", "skip"}, default="raise"
+        What an image file that cannot be decoded (unreadable, truncated, not an image,
+        larger than ``PIL.Image.MAX_IMAGE_PIXELS``) does. "raise": ``fit`` and ``predict``
+        stop with a ValueError naming its index and path. "skip": ``fit`` trains without
+        it (its label is dropped before the validation split) and records it in
+        ``skipped_files_``; ``decision_function`` and ``predict_proba`` give it a row of NaN
+        and ``predict`` gives it ``None`` (the result is then an object array). Either way
+        a `sparsam.data.skipping.SkippedImagesWarning` counts and names them: nothing is
+        dropped silently.
 
     Attributes
     ----------
@@ -172,6 +182,10 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         The cross-entropy weights, from the class counts of the training part.
     data_config_ : dict
         ``mean``, ``std``, ``image_size`` and ``interpolation`` of the inputs.
+    skipped_files_ : list of SkippedImage
+        The labeled images ``fit`` left out because they could not be decoded
+        (``on_error="skip"``): ``(index, path, reason)`` with the index in ``X``; empty when
+        none was.
 
     See Also
     --------
@@ -232,6 +246,7 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
         callbacks: list[Callback] | None = None,
+        on_error: str = "raise",
     ) -> None:
         self._store_parameters(locals())
 
@@ -256,11 +271,8 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         source = as_image_source(X)
         check_one_label_per_image(source, y, "one label per image")
         rng = check_random_state(self.random_state)
-        train, validation = self._split(classes, encoded, rng)
-        counts = np.bincount(encoded[train], minlength=len(classes))
-        weights = 1.0 / counts
-        class_weight = weights * len(classes) / weights.sum()
-        seed = draw_seed(rng)
+        # Drawn in this order whatever is skipped: the split's seed, then torch's.
+        split_seed, seed = draw_seed(rng), draw_seed(rng)
         with seeded_torch(seed):
             backbone, data_config = self._starting_backbone()
             trainer = FineTuneTrainer(
@@ -285,9 +297,18 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         check_patch_multiples(
             backbone, {"image_size": data_config["image_size"]}, self.image_size is not None
         )
+        skipped = self._skipped_list()
         images = self._decode_training_images(
-            subset_source(source, labeled.tolist()), data_config["image_size"], device
+            subset_source(source, labeled.tolist()), data_config["image_size"], device, skipped
         )
+        if skipped:
+            skipped = [image._replace(index=int(labeled[image.index])) for image in skipped]
+            warn_skipped(skipped, len(labeled), "SupervisedClassifier.fit")
+            encoded = self._without_skipped(encoded, classes, images.kept)
+        train, validation = self._split(classes, encoded, split_seed)
+        counts = np.bincount(encoded[train], minlength=len(classes))
+        weights = 1.0 / counts
+        class_weight = weights * len(classes) / weights.sum()
         generator = torch.Generator().manual_seed(seed)
         with self._training_progress("fine-tuning") as progress:
             history = trainer.fit(
@@ -308,8 +329,24 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
             early_stopping_=validation is not None,
             history_=history,
             data_config_=data_config,
+            skipped_files_=skipped or [],
         )
         return self
+
+    @staticmethod
+    def _without_skipped(
+        encoded: np.ndarray, classes: np.ndarray, kept: list[int] | None
+    ) -> np.ndarray:
+        """The class indices of the labeled images that decoded; every class must keep one."""
+        encoded = encoded if kept is None else encoded[kept]
+        lost = np.setdiff1d(np.arange(len(classes)), encoded)
+        if len(lost):
+            raise ValueError(
+                f"Class {classes[lost[0]]!r} has no labeled image left that can be decoded "
+                "(on_error='skip' left out the others, see the warning); expected at least one "
+                "readable image per class."
+            )
+        return encoded
 
     def _labeled_classes(self, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``y`` as a 1-D array, the positions of its labeled images, the classes and the
@@ -384,30 +421,44 @@ class SupervisedClassifier(ClassifierMixin, ImageEstimator):
         Returns
         -------
         labels : ndarray of shape (n,)
-            Elements of ``classes_``.
+            Elements of ``classes_``; with ``on_error="skip"``, ``None`` for an image that
+            could not be decoded (an object array then).
         """
         check_is_fitted(self, "model_")
-        return self.classes_[self._logits(X).argmax(axis=1)]
+        logits = self._logits(X)
+        if self._skipped_list() is None:
+            return self.classes_[logits.argmax(axis=1)]
+        labels = self.classes_[np.nan_to_num(logits).argmax(axis=1)]
+        skipped = np.isnan(logits).any(axis=1)
+        if skipped.any():
+            labels = labels.astype(object)
+            labels[skipped] = None
+        return labels
 
     def _logits(self, X: Any) -> np.ndarray:
+        """The logits, a row of NaN for each image skipped (``on_error="skip"``)."""
         check_is_fitted(self, "model_")
-        return batched_outputs(
+        source = as_image_source(X)
+        skipped = self._skipped_list()
+        logits = batched_outputs(
             self.model_,
-            as_image_source(X),
+            source,
             self.data_config_,
             len(self.classes_),
             description="predicting",
+            skipped=skipped,
             **self._inference_options(),
         )
+        warn_skipped(skipped or [], len(source), "SupervisedClassifier")
+        return logits
 
     def _split(
-        self, classes: np.ndarray, encoded: np.ndarray, rng: np.random.RandomState
+        self, classes: np.ndarray, encoded: np.ndarray, split_seed: int
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Training and validation positions among the labeled images (stratified)."""
         positions = np.arange(len(encoded))
-        n_classes = int(encoded.max()) + 1
+        n_classes = len(classes)
         counts = np.bincount(encoded, minlength=n_classes)
-        split_seed = draw_seed(rng)
         if self.validation_fraction is None:
             return positions, None
         if counts.min() < 2:

@@ -189,6 +189,7 @@ def run_evaluate(
     supervised: bool = False,
     supervised_epochs: int = 100,
     labeled: tuple[Any, np.ndarray, list[str]] | None = None,
+    on_error: str = "raise",
 ) -> EvaluationResult:
     """The paper's experiment: frozen DINO features, few labels per class, a plain classifier.
 
@@ -246,6 +247,9 @@ def run_evaluate(
         outputs: ``labels`` are indices into ``class_names``, ``-1`` for unlabeled images
         (used by DINO with ``epochs``, left out of the curve), as
         ``sparsam.data.labels.class_indices`` returns them for a labels CSV.
+    on_error : {"raise", "skip"}, default="raise"
+        The estimators' ``on_error``: with "skip", a labeled image that cannot be decoded is
+        named in a warning and left out of both arms' scores.
 
     Returns
     -------
@@ -267,6 +271,7 @@ def run_evaluate(
         for name, value in {"image_size": image_size, "batch_size": batch_size}.items()
         if value is not None
     }
+    settings["on_error"] = on_error
     model, source = _evaluation_featurizer(
         images, pretrained, featurizer, epochs, device, random_state, verbose, settings
     )
@@ -274,6 +279,12 @@ def run_evaluate(
     # would give the same scores but embed the test images again for every draw: embed once.
     labeled_images, labeled_labels = _labeled_subset(images, labels)
     features = model.transform(labeled_images)
+    # With on_error="skip", an image that could not be decoded has a row of NaN (and was
+    # named in a warning): neither arm is scored on it.
+    readable = np.flatnonzero(~np.isnan(features).any(axis=1))
+    if len(readable) < len(features):
+        features, labeled_labels = features[readable], labeled_labels[readable]
+        labeled_images = _subset(labeled_images, readable)
     counts = np.bincount(labeled_labels, minlength=len(class_names))
     print(
         f"{dataset}: {len(labels)} images, {len(labeled_labels)} labeled in "
@@ -341,9 +352,14 @@ def _checked_classifiers(
 def _labeled_subset(images: Any, labels: np.ndarray) -> tuple[Any, np.ndarray]:
     """The images with a label (not ``-1``) and their labels, in the same order."""
     labeled = np.flatnonzero(labels != -1)
+    return _subset(images, labeled), labels[labeled]
+
+
+def _subset(images: Any, indices: np.ndarray) -> Any:
+    """The images ``indices`` of an array or a list of images."""
     if isinstance(images, np.ndarray):
-        return images[labeled], labels[labeled]
-    return [images[index] for index in labeled], labels[labeled]
+        return images[indices]
+    return [images[index] for index in indices]
 
 
 def _evaluation_featurizer(
@@ -370,7 +386,7 @@ def _evaluation_featurizer(
         model = joblib.load(featurizer)
         if not isinstance(model, DinoFeaturizer) or not hasattr(model, "backbone_"):
             raise ValueError(f"{featurizer} does not hold a fitted DinoFeaturizer.")
-        return model, str(featurizer)
+        return model.set_params(on_error=settings["on_error"]), str(featurizer)
     model = DinoFeaturizer(
         pretrained=pretrained,
         epochs=epochs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ from .data.cache import (
     subset_source,
     weights_digest,
 )
+from .data.skipping import SkippedImage, merge_skipped, warn_skipped
 from .dino.head import DinoHead
 from .dino.loss import DinoLoss
 from .dino.trainer import DinoTrainer, TrainingConfig
@@ -247,6 +249,18 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         (``trainer.backbone`` is the teacher's backbone, ``trainer.history`` the epochs so
         far). For watching training (snapshots, logging); they are not part of a
         checkpoint's run identity and must not change the training.
+    on_error : {"raise", "skip"}, default="raise"
+        What an image file that cannot be decoded (unreadable, truncated, not an image,
+        larger than ``PIL.Image.MAX_IMAGE_PIXELS``, deleted since) does. "raise": ``fit``
+        and ``transform`` stop with a ValueError naming its index and path. "skip": ``fit``
+        trains without it (and scores snapshots without it, given labels), records it in
+        ``skipped_files_``; ``transform`` gives it a row of NaN (never cached). Either way a
+        `sparsam.data.skipping.SkippedImagesWarning` counts and names the skipped images
+        (its ``skipped`` attribute lists them): nothing is dropped silently. Streamed
+        training (``in_memory=False``) then decodes every file once before the first epoch
+        to find the bad ones, so that every epoch, and a resumed run, sees the same images.
+        Downstream scikit-learn estimators refuse NaN: drop those rows first
+        (``np.isnan(embeddings).any(axis=1)``).
 
     Attributes
     ----------
@@ -280,6 +294,10 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         ``epochs=0``, whose ``fit`` decodes no images.
     data_config_ : dict
         ``mean``, ``std``, ``image_size`` and ``interpolation`` used by ``transform``.
+    skipped_files_ : list of SkippedImage
+        The images ``fit`` left out because they could not be decoded (``on_error="skip"``):
+        ``(index, path, reason)`` tuples (`sparsam.data.skipping.SkippedImage`), by index;
+        empty when none was (always with ``on_error="raise"``).
     weights_digest_ : str
         SHA-256 of ``backbone_`` (architecture and state dict) and ``data_config_`` at the
         end of ``fit``; it keys the cache of ``memory``. Delete it after changing
@@ -398,6 +416,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 1,
         callbacks: list[Callback] | None = None,
+        on_error: str = "raise",
     ) -> None:
         self._store_parameters(locals())
 
@@ -460,6 +479,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
                 "initial_rankme_": math.nan,
                 "initial_selection_score_": math.nan,
                 "selected_epoch_": 0,
+                "skipped_files_": [],
             }
         else:
             teacher, training = self._train(
@@ -487,7 +507,8 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
     ) -> tuple[torch.nn.Module, dict[str, Any]]:
         """DINO on ``source``: the teacher backbone (the best snapshot, given labels) and the
         fitted attributes of training (``history_``, ``initial_rankme_``, …)."""
-        scorer = self._snapshot_scorer(source, labeled, data_config, device)
+        skipped = self._skipped_list()
+        scorer = self._snapshot_scorer(source, labeled, data_config, device, skipped)
         # Built before decoding: an unwritable checkpoint_dir fails here, not hours later.
         trainer = DinoTrainer(
             backbone,
@@ -504,7 +525,9 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
             select_key=scorer.key if scorer is not None else "",
             callbacks=self.callbacks or (),
         )
-        images = self._decode_training_images(source, data_config["image_size"], device)
+        images = self._decode_training_images(source, data_config["image_size"], device, skipped)
+        skipped = merge_skipped(skipped or [])
+        warn_skipped(skipped, len(source), "DinoFeaturizer.fit")
         generator = torch.Generator().manual_seed(seed)
         with self._training_progress("DINO") as progress:
             history = trainer.fit(images, generator, progress)
@@ -513,6 +536,7 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
             "initial_rankme_": trainer.initial_rankme,
             "initial_selection_score_": trainer.initial_selection_score,
             "selected_epoch_": trainer.selected_epoch,
+            "skipped_files_": skipped,
         }
 
     def _epoch_postfix(self, row: dict[str, float]) -> dict[str, str]:
@@ -551,12 +575,23 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         labeled: tuple[np.ndarray, np.ndarray] | None,
         data_config: dict[str, Any],
         device: torch.device,
+        skipped: list[SkippedImage] | None,
     ) -> SnapshotScorer | None:
+        """The scorer of snapshots on the labeled images (those that decode, with ``skipped``)."""
         if labeled is None:
             return None
         indices, labels = labeled
         # Decoded once at the training size: every snapshot embeds the same pixels.
-        pixels = load_images(subset_source(source, indices.tolist()), data_config["image_size"])
+        failed: list[SkippedImage] | None = None if skipped is None else []
+        pixels = load_images(
+            subset_source(source, indices.tolist()), data_config["image_size"], skipped=failed
+        )
+        if failed:
+            # Recorded by their index in X; training finds them again and merge_skipped
+            # keeps one record each.
+            skipped.extend(image._replace(index=int(indices[image.index])) for image in failed)
+            good = np.setdiff1d(np.arange(len(indices)), [image.index for image in failed])
+            pixels, labels = pixels[good], labels[good]
         return SnapshotScorer(
             as_image_source(pixels),
             labels,
@@ -597,16 +632,31 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
         check_is_fitted(self, "backbone_")
         location = cache_location(self.memory)
         source = as_image_source(X)
+        skipped = self._skipped_list()
         if distributed.sharding_active():
-            return distributed.shard_and_gather(
-                lambda shard: self._cached_embeddings(subset_source(source, shard), location),
+            # Each process warns about the skipped images of its own shard.
+            embeddings = distributed.shard_and_gather(
+                lambda shard: self._cached_embeddings(
+                    subset_source(source, shard), location, skipped, shard
+                ),
                 len(source),
             )
-        return self._cached_embeddings(source, location)
+        else:
+            embeddings = self._cached_embeddings(source, location, skipped, range(len(source)))
+        warn_skipped(merge_skipped(skipped or []), len(source), "DinoFeaturizer.transform")
+        return embeddings
 
-    def _cached_embeddings(self, source: ImageSource, location: Path | None) -> np.ndarray:
+    def _cached_embeddings(
+        self,
+        source: ImageSource,
+        location: Path | None,
+        skipped: list[SkippedImage] | None,
+        positions: Sequence[int],
+    ) -> np.ndarray:
+        """Embeddings of ``source``, whose images are ``X[positions]``; undecodable images
+        are recorded in ``skipped`` by their index in X (with ``on_error="skip"``)."""
         if location is None:
-            return self._embed(source)
+            return self._embed(source, skipped, positions)
         device = self._resolve_device()
         namespace = cache_namespace(
             self._weights_digest(),
@@ -628,22 +678,44 @@ class DinoFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ImageEst
             else:
                 embeddings[indices] = cached
         if missing:
-            computed = self._embed(subset_source(source, [rows[key][0] for key in missing]))
+            firsts = [rows[key][0] for key in missing]
+            computed = self._embed(
+                subset_source(source, firsts), skipped, [positions[index] for index in firsts]
+            )
+            reasons = {image.index: image for image in skipped or []}
             for key, embedding in zip(missing, computed, strict=True):
-                store.save(key, embedding)
                 embeddings[rows[key]] = embedding
+                bad = reasons.get(positions[rows[key][0]])
+                if bad is None:
+                    store.save(key, embedding)
+                    continue
+                # A skipped image's NaN row is not stored (it is tried again next time), and
+                # every row of the same file is recorded.
+                skipped.extend(bad._replace(index=positions[row]) for row in rows[key][1:])
         return embeddings
 
-    def _embed(self, source: ImageSource) -> np.ndarray:
+    def _embed(
+        self,
+        source: ImageSource,
+        skipped: list[SkippedImage] | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """The read-out of ``source``; images that cannot be decoded go to ``skipped`` (by
+        their index in ``positions``) with a row of NaN, or raise when it is None."""
         readout = self._readout(self.backbone_)
-        return batched_outputs(
+        failed: list[SkippedImage] | None = None if skipped is None else []
+        embeddings = batched_outputs(
             readout,
             source,
             self.data_config_,
             readout.width,
             description="embedding",
+            skipped=failed,
             **self._inference_options(),
         )
+        if failed:
+            skipped.extend(image._replace(index=int(positions[image.index])) for image in failed)
+        return embeddings
 
     @property
     def _n_features_out(self) -> int:

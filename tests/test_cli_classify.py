@@ -94,7 +94,9 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, list
     with open(path, newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     columns = [name for name in rows[0] if name.startswith("proba_")]
-    probabilities = np.array([[float(row[name]) for name in columns] for row in rows])
+    probabilities = np.array(
+        [[float(row[name]) if row[name] else np.nan for name in columns] for row in rows]
+    )
     classes = [name.removeprefix("proba_") for name in columns]
     return (
         [row["path"] for row in rows],
@@ -157,6 +159,34 @@ def test_classify_finetune_predictions_agree_with_its_pipeline(project):
     assert model[-1].vertical_flip == 0.0
     record = json.loads(out.with_suffix(".params.json").read_text())
     assert record["sources"]["epochs"] == str(config)
+
+
+def test_classify_skips_unreadable_files_with_on_error_skip_and_lists_them(project):
+    folder = project / "with_bad_files"
+    images = folder / "images"
+    images.mkdir(parents=True)
+    for path in sorted((project / "images").glob("*.png"))[:12]:
+        (images / path.name).write_bytes(path.read_bytes())
+    (images / "broken_labeled.png").write_bytes(b"not a png")
+    (images / "broken_unlabeled.png").write_bytes(b"not a png either")
+    rows = [(f"images/image_{index:02d}.png", CLASSES[index % 3]) for index in range(9)]
+    write_labels(folder / "labels.csv", [*rows, ("images/broken_labeled.png", "benign")])
+    out = folder / "out" / "predictions.csv"
+    arguments = ["classify", str(images), "--labels", str(folder / "labels.csv")]
+    arguments += ["--backbone", str(project / "backbone"), "--classifier", "knn"]
+    code, _, stderr = run_here(*arguments, "--out", str(out), "--quiet", "--on-error", "skip")
+
+    assert code == 0, stderr
+    paths, predicted, probabilities, _ = read_predictions(out)
+    broken = paths.index(str(images / "broken_unlabeled.png"))
+    assert predicted[broken] == "" and np.isnan(probabilities[broken]).all()
+    readable = [index for index in range(len(paths)) if index != broken]
+    assert all(predicted[index] in CLASSES for index in readable)
+    with open(out.parent / "skipped.csv", newline="") as file:
+        skipped = {Path(row["path"]).name for row in csv.DictReader(file)}
+    assert skipped == {"broken_labeled.png", "broken_unlabeled.png"}
+    code, _, _ = run_here(*arguments, "--out", str(folder / "raised.csv"), "--quiet")
+    assert code == 1
 
 
 def test_classify_with_a_label_csv_naming_a_missing_image_names_the_row(project):

@@ -147,11 +147,12 @@ SUPERVISED_EXPECTED = {
 # (backbone, backbone_kwargs, pretrained, image_size: test_backbones, test_featurizer_parameters),
 # the read-out (test_readout), where and how it runs (device, compile, num_workers, in_memory,
 # memory: test_compile, test_inputs, test_cache), checkpoint_dir (test_fault_tolerance),
-# random_state (test_reproducibility) and verbose (test_featurizer).
+# random_state (test_reproducibility), verbose (test_featurizer) and on_error (test_skipping:
+# the fit without the bad files equals the fit on the good ones).
 CHECKED_ELSEWHERE = {
     "backbone", "backbone_kwargs", "pretrained", "image_size", "pooling", "n_last_blocks",
     "device", "compile", "num_workers", "in_memory", "memory", "checkpoint_dir",
-    "random_state", "verbose",
+    "random_state", "verbose", "on_error",
 }  # fmt: skip
 
 

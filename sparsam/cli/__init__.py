@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import attention, classify, convert, demo, embed, evaluate, pretrain, push
+from . import attention, check, classify, convert, demo, embed, evaluate, pretrain, push
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -32,6 +32,7 @@ COMMANDS = {
     "embed": embed,
     "attention": attention,
     "classify": classify,
+    "check": check,
 }
 
 _DESCRIPTION = """\
@@ -87,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.setLevel(logging.INFO)
     try:
         # Bad input (ValueError, OSError) becomes exit code 1.
-        COMMANDS[args.command].run(args)
+        # A command may return its exit status (check: 1 when it found problems).
+        status = COMMANDS[args.command].run(args)
     except (ValueError, OSError) as error:
         print(f"sparsam {args.command}: error: {error}", file=sys.stderr)
         return 1
@@ -97,4 +99,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         logger.setLevel(previous_level)
-    return 0
+    return status or 0

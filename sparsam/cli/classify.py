@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .images import DATA_HELP, resolve_images
+from .images import (
+    DATA_HELP,
+    SKIPPED_REPORT,
+    add_on_error_option,
+    reporting_skipped,
+    resolve_images,
+)
 from .settings import (
     Layer,
     Settings,
@@ -123,6 +129,7 @@ def _add_training_options(classify: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace existing --out and --model files"
     )
     classify.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_on_error_option(classify)
     add_settings_options(classify)
 
 
@@ -170,11 +177,13 @@ def run(args: argparse.Namespace) -> None:
     command_line = getattr(args, "argv", sys.argv[1:])
     write_params(_params_path(out), "classify", settings, run_description, command_line)
     unlabeled = [image for image, known in zip(images, labeled, strict=True) if not known]
-    if finetune:
-        model = _fit_finetuned(args, settings, checkpoint_dir, images, labels, labeled)
-        probabilities = model.predict_proba(unlabeled) if unlabeled else None
-    else:
-        model, probabilities = _fit_on_embeddings(args, images, labels, labeled)
+    # With --on-error skip, the files that could not be decoded are listed beside --out.
+    with reporting_skipped(out.parent / SKIPPED_REPORT):
+        if finetune:
+            model = _fit_finetuned(args, settings, checkpoint_dir, images, labels, labeled)
+            probabilities = model.predict_proba(unlabeled) if unlabeled else None
+        else:
+            model, probabilities = _fit_on_embeddings(args, images, labels, labeled)
     _write_outputs(model, unlabeled, probabilities, out, model_path)
 
 
@@ -246,7 +255,15 @@ def _embedding_settings(args: argparse.Namespace) -> Settings:
 
     given = {
         name: getattr(args, name)
-        for name in ("arch", "image_size", "batch_size", "device", "precision", "num_workers")
+        for name in (
+            "arch",
+            "image_size",
+            "batch_size",
+            "device",
+            "precision",
+            "num_workers",
+            "on_error",
+        )
         if getattr(args, name) is not None
     }
     params = {
@@ -269,7 +286,7 @@ def _finetune_settings(args: argparse.Namespace) -> Settings:
 
     options = {
         name: getattr(args, name)
-        for name in (*_FINETUNE_OPTIONS, "num_workers")
+        for name in (*_FINETUNE_OPTIONS, "num_workers", "on_error")
         if getattr(args, name) is not None
     }
     # The starting weights are --backbone; as a string here, loaded when training starts.
@@ -362,18 +379,27 @@ def _fit_on_embeddings(
             "precision": args.precision,
             "num_workers": args.num_workers,
             "memory": args.memory,
+            "on_error": args.on_error,
         },
         verbose=0 if args.quiet else 1,
     )
-    # Every image once: the labeled ones to fit, the unlabeled ones to predict.
+    # Every image once: the labeled ones to fit, the unlabeled ones to predict. With
+    # --on-error skip an image that could not be decoded has a row of NaN: no label is
+    # learnt from it, and its prediction is left empty.
     features = featurizer.transform(images)
+    readable = np.isfinite(features).all(axis=1)
     seed = 0 if args.seed is None else args.seed
     # probability=True: the probability columns, and predict as their argmax (the paper's
     # rule), so the written table and the saved pipeline's predict always agree.
     classifier = paper_classifiers(random_state=seed, probability=True)
     classifier = classifier[CLASSIFIERS[args.classifier]]
-    classifier.fit(features[labeled], labels[labeled].astype(str))
-    probabilities = classifier.predict_proba(features[~labeled]) if (~labeled).any() else None
+    classifier.fit(features[labeled & readable], labels[labeled & readable].astype(str))
+    if not (~labeled).any():
+        return Pipeline([("featurizer", featurizer), ("classifier", classifier)]), None
+    probabilities = np.full((int((~labeled).sum()), len(classifier.classes_)), np.nan)
+    predictable = readable[~labeled]
+    if predictable.any():
+        probabilities[predictable] = classifier.predict_proba(features[~labeled][predictable])
     return Pipeline([("featurizer", featurizer), ("classifier", classifier)]), probabilities
 
 
@@ -419,6 +445,9 @@ def _write_outputs(
         writer = csv.writer(file)
         writer.writerow(["path", "prediction", *(f"proba_{name}" for name in classes)])
         for image, row in zip(unlabeled, probabilities, strict=True):
+            if not np.isfinite(row).all():  # a file skipped with --on-error skip
+                writer.writerow([os.fspath(image), "", *([""] * len(classes))])
+                continue
             # repr: the shortest text that reads back as the same float, so the argmax of a
             # row read back equals the pipeline's prediction.
             values = [repr(float(value)) for value in row]

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from .images import DATA_HELP, resolve_images
+from .images import (
+    DATA_HELP,
+    SKIPPED_REPORT,
+    add_on_error_option,
+    reporting_skipped,
+    resolve_images,
+)
 
 __all__ = ["add_parser", "embedding_featurizer", "run", "run_embed"]
 
@@ -68,6 +74,7 @@ def add_parser(commands: Any) -> None:
     embed.add_argument(
         "--overwrite", action="store_true", help="replace existing FILE.npy and FILE.txt"
     )
+    add_on_error_option(embed)
     embed.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> None:
         chunk_size=args.chunk_size,
         overwrite=args.overwrite,
         verbose=0 if args.quiet else 1,
+        on_error=args.on_error,
     )
 
 
@@ -109,6 +117,7 @@ def run_embed(
     chunk_size: int = 4096,
     overwrite: bool = False,
     verbose: int = 1,
+    on_error: str = "raise",
 ) -> Path:
     """Embeddings of the images of ``data``, written chunk by chunk to a ``.npy`` file.
 
@@ -156,6 +165,9 @@ def run_embed(
         Replace existing output files instead of refusing.
     verbose : int, default=1
         Featurizer verbosity.
+    on_error : {"raise", "skip"}, default="raise"
+        ``"skip"`` gives an image that cannot be decoded a row of NaN and lists it in
+        ``skipped.csv`` beside ``out`` (index, path, reason); ``"raise"`` stops at it.
 
     Returns
     -------
@@ -198,12 +210,19 @@ def run_embed(
                 "num_workers": num_workers,
                 "pooling": pooling,
                 "n_last_blocks": n_last_blocks,
+                "on_error": on_error,
             },
             verbose=verbose,
         )
-        shape = write_embeddings(
-            featurizer, images, names, out, chunk_size=chunk_size, verbose=verbose
-        )
+        # transform numbers the images of each chunk from 0; the paths name them in DATA.
+        rows = {name: index for index, name in enumerate(names)}
+        with reporting_skipped(
+            out.parent / SKIPPED_REPORT,
+            lambda image: image._replace(index=rows.get(image.path, image.index)),
+        ):
+            shape = write_embeddings(
+                featurizer, images, names, out, chunk_size=chunk_size, verbose=verbose
+            )
         if distributed.is_main_process():
             print(
                 f"Wrote {shape[0]} embeddings of {shape[1]} features to {out}; inputs in "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..experiments import EVALUATE_DATASETS, run_evaluate
+from .images import SKIPPED_REPORT, add_on_error_option, reporting_skipped
 
 __all__ = ["add_parser", "run"]
 
@@ -90,6 +91,7 @@ def _add_model_options(evaluate: argparse.ArgumentParser) -> None:
     )
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
     evaluate.add_argument("--seed", type=int, default=0, help="random_state of everything")
+    add_on_error_option(evaluate)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.add_argument(
         "--supervised",
@@ -152,6 +154,14 @@ def run(args: argparse.Namespace) -> None:
     supervised_options = (
         {} if args.supervised_epochs is None else {"supervised_epochs": args.supervised_epochs}
     )
+    # Skipped images are listed in --out; without it, the warning names them.
+    report = Path(args.out) / SKIPPED_REPORT if args.out is not None else None
+    with reporting_skipped(report):
+        _run_evaluate(args, supervised_options)
+
+
+def _run_evaluate(args: argparse.Namespace, supervised_options: dict[str, Any]) -> None:
+    """``run_evaluate`` with the command line's options."""
     labeled = _labeled_images(args)
     run_evaluate(
         args.dataset or Path(args.data).name,
@@ -170,5 +180,6 @@ def run(args: argparse.Namespace) -> None:
         random_state=args.seed,
         verbose=0 if args.quiet else 1,
         supervised=args.supervised,
+        on_error=args.on_error,
         **supervised_options,
     )

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..experiments import EVALUATE_DATASETS, load_evaluation_dataset
 
-__all__ = ["DATA_HELP", "IMAGE_SUFFIXES", "resolve_images"]
+__all__ = [
+    "DATA_HELP",
+    "IMAGE_SUFFIXES",
+    "SKIPPED_REPORT",
+    "add_on_error_option",
+    "reporting_skipped",
+    "resolve_images",
+]
 
 # What `sparsam pretrain` and `sparsam embed` read from a folder (compared case-insensitively):
 # the formats sparsam.data decodes, PIL's and DICOM's.
@@ -21,6 +34,8 @@ _DATA_EXPECTED = (
     "expected a folder of images, a .txt file with one image path per line, a .csv file with a "
     f"'path' column, or one of the data set names {', '.join(EVALUATE_DATASETS)} with --root"
 )
+# The report of the images a command left out with --on-error skip, in --out or beside it.
+SKIPPED_REPORT = "skipped.csv"
 # The help text of the DATA argument of both commands.
 DATA_HELP = (
     "a folder of images (searched recursively), a .txt file with one image path per line, a "
@@ -165,3 +180,59 @@ def _images_in_csv_list(list_file: Path) -> list[Path]:
             "the header."
         )
     return images
+
+
+def add_on_error_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--on-error raise|skip`` (the estimators' ``on_error``) to a command that reads
+    images; `reporting_skipped` writes the report of what it skipped."""
+    parser.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="an image file that cannot be decoded stops the command (raise, the default) or "
+        f"is left out and listed in {SKIPPED_REPORT} (skip); run sparsam check DATA first to "
+        "find such files",
+    )
+
+
+@contextmanager
+def reporting_skipped(
+    report: Path | None, renumber: Callable[[Any], Any] | None = None
+) -> Iterator[None]:
+    """Inside, collect the images the estimators skip (their `SkippedImagesWarning`, which is
+    not shown); on leaving, even by an error, write them to ``report`` as CSV and say so on
+    stderr, or write nothing if none was skipped. Only the main process of a process group
+    writes. With ``report=None`` the warnings are shown as they come, and nothing is written.
+
+    ``renumber`` maps each `SkippedImage` of one estimator call to its index in DATA (e.g.
+    for ``embed``, which embeds chunk by chunk); by default it is kept.
+    """
+    from ..data.skipping import SkippedImagesWarning, merge_skipped, write_skipped_report
+    from ..training import distributed
+
+    if report is None:
+        yield
+        return
+    collected: list[Any] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SkippedImagesWarning)
+        show = warnings.showwarning
+
+        def collect(message, category, filename, lineno, file=None, line=None):
+            if isinstance(message, SkippedImagesWarning):
+                collected.extend(map(renumber or (lambda image: image), message.skipped))
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = collect
+        try:
+            yield
+        finally:
+            skipped = merge_skipped(collected)
+            if skipped and distributed.is_main_process():
+                write_skipped_report(report, skipped)
+                print(
+                    f"Skipped {len(skipped)} image(s) that could not be decoded; listed in "
+                    f"{report}",
+                    file=sys.stderr,
+                )

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from ..training.logs import HISTORY_FILE, CSVLogger, TensorBoardLogger
-from .images import DATA_HELP, resolve_images
+from .images import (
+    DATA_HELP,
+    SKIPPED_REPORT,
+    add_on_error_option,
+    reporting_skipped,
+    resolve_images,
+)
 from .settings import (
     PARAMS_FILE,
     Layer,
@@ -50,6 +56,7 @@ _PRETRAIN_PARAMETERS = (
     "precision",
     "num_workers",
     "checkpoint_every",
+    "on_error",
 )
 _IN_MEMORY = {"auto": "auto", "yes": True, "no": False}
 # The options whose name is not the parameter's (errors name the option the user typed).
@@ -174,6 +181,7 @@ def _add_training_options(pretrain: argparse.ArgumentParser) -> None:
         metavar="S",
         help="random_state; --resume needs the same (default: 0)",
     )
+    add_on_error_option(pretrain)
     pretrain.add_argument(
         "--tensorboard",
         nargs="?",
@@ -413,7 +421,8 @@ def run_pretrain(
                 + (f", {distributed.world_size()} processes (torchrun)" if joined_here else "")
             )
         started = time.perf_counter()
-        featurizer.fit(images)
+        with reporting_skipped(out / SKIPPED_REPORT):
+            featurizer.fit(images)
         minutes = (time.perf_counter() - started) / 60
         # The loggers name this machine's paths: not part of the recipe the saved featurizer
         # and the model card record.

@@ -39,7 +39,9 @@ CACHE_DIRECTORY = "sparsam-embeddings"
 # Part of every namespace: bump it when the decoding or the file format changes, so that old
 # entries are no longer read. 2: uint16 images are scaled by their own bit depth. 3: images
 # are resized on uint8 pixels (`sparsam.data.inputs.resize_images`), within one grey level of 2.
-_FORMAT_VERSION = "3"
+# 4: DICOM files go through their VOI LUT (window), photos are turned by their EXIF orientation
+# (`sparsam.data.files`); a file's key says nothing of its contents, so every entry goes.
+_FORMAT_VERSION = "4"
 
 
 def cache_location(memory: Any) -> Path | None:

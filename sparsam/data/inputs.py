@@ -11,16 +11,18 @@ from __future__ import annotations
 import operator
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset
+
+from sparsam.data.files import check_float_range, pil_to_array, read_image_file
+from sparsam.data.skipping import SKIPPABLE_ERRORS, SkippedImage, skipped_image
 
 __all__ = [
     "ImageSource",
@@ -34,7 +36,6 @@ __all__ = [
 
 _UINT16_BIT_DEPTHS = (8, 10, 12, 14, 16)
 _ACCEPTED_DTYPES = "uint8, uint16, float16, float32 or float64"
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 # Bounds the temporary memory of the vectorised float checks on large stacked arrays.
 _CHECK_CHUNK_BYTES = 2**26
 
@@ -273,6 +274,8 @@ def iter_batches(
     batch_size: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    *,
+    skipped: list[SkippedImage] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Iterate over the images in order as uint8 batches resized to ``image_size x image_size``.
 
@@ -296,6 +299,11 @@ def iter_batches(
         workers would cost their start-up and the transfer of every batch.
     pin_memory : bool, default=False
         Return batches in page-locked memory, for fast asynchronous copies to a GPU.
+    skipped : list or None, default=None
+        None raises on the first image that cannot be decoded (``on_error="raise"``). A list
+        skips such images (``on_error="skip"``): their rows of the batch are zero, and a
+        `sparsam.data.skipping.SkippedImage` (index, path, reason) is appended to the list
+        for each, in order, as its batch is yielded.
 
     Returns
     -------
@@ -306,7 +314,8 @@ def iter_batches(
     ------
     ValueError
         If `image_size` or `batch_size` is not a positive integer, or `num_workers` is
-        negative; decoding errors of single images are raised when their batch is reached.
+        negative; decoding errors of single images are raised when their batch is reached
+        (unless skipped).
     """
     source = as_image_source(source)
     for name, value, minimum in (
@@ -317,7 +326,7 @@ def iter_batches(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
     loader = DataLoader(
-        ResizedImages(source, int(image_size)),
+        ResizedImages(source, int(image_size), skip=skipped is not None),
         batch_size=int(batch_size),
         shuffle=False,
         num_workers=int(num_workers) if source.reads_files else 0,
@@ -329,7 +338,17 @@ def iter_batches(
         generator=torch.Generator().manual_seed(0),
     )
     # A plain iterator rather than a generator, so that invalid arguments raise at the call.
-    return iter(loader)
+    if skipped is None:
+        return iter(loader)
+    return _unpack_skipped(iter(loader), skipped)
+
+
+def _unpack_skipped(
+    batches: Iterator[tuple[torch.Tensor, list[SkippedImage]]], skipped: list[SkippedImage]
+) -> Iterator[torch.Tensor]:
+    for batch, failed in batches:
+        skipped.extend(failed)
+        yield batch
 
 
 def load_images(
@@ -339,6 +358,7 @@ def load_images(
     num_workers: int = 0,
     *,
     progress: Callable[[int], Any] | None = None,
+    skipped: list[SkippedImage] | None = None,
 ) -> torch.Tensor:
     """Decode and resize all images into one uint8 tensor ``(n, 3, image_size, image_size)``.
 
@@ -355,6 +375,9 @@ def load_images(
     progress : callable, optional
         Called with the number of images of every batch once it is decoded, e.g. a
         ``tqdm`` bar's ``update``.
+    skipped : list or None, default=None
+        As in `iter_batches`: None raises on an image that cannot be decoded; a list leaves
+        its row zero and records it.
 
     Returns
     -------
@@ -362,7 +385,7 @@ def load_images(
         The same images as `iter_batches` yields, concatenated in order.
     """
     source = as_image_source(source)
-    batches = iter_batches(source, image_size, batch_size, num_workers)
+    batches = iter_batches(source, image_size, batch_size, num_workers, skipped=skipped)
     # Filled in place rather than torch.cat of all batches, which would briefly hold the
     # decoded set twice.
     images = torch.empty((len(source), 3, image_size, image_size), dtype=torch.uint8)
@@ -382,11 +405,15 @@ class ResizedImages(Dataset):
     ``dataset.__getitems__(indices)``, which a `DataLoader` calls once per batch, decodes the
     batch together and resizes it with `resize_images` in one call per image size. Give the
     DataLoader ``collate_fn=batch_as_is``: the batch is already one tensor.
+
+    With ``skip=True`` a batch is ``(images, skipped)``: the rows of images that could not be
+    decoded are zero, and ``skipped`` holds a `sparsam.data.skipping.SkippedImage` for each.
     """
 
-    def __init__(self, source: ImageSource, image_size: int) -> None:
+    def __init__(self, source: ImageSource, image_size: int, skip: bool = False) -> None:
         self.source = source
         self.image_size = image_size
+        self.skip = skip
 
     def __len__(self) -> int:
         return len(self.source)
@@ -394,8 +421,32 @@ class ResizedImages(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         return resize_images([self.source[index]], self.image_size)[0]
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        return resize_images(self.source.batch(indices), self.image_size)
+    def __getitems__(
+        self, indices: list[int]
+    ) -> torch.Tensor | tuple[torch.Tensor, list[SkippedImage]]:
+        if not self.skip:
+            return resize_images(self.source.batch(indices), self.image_size)
+        if not self.source.reads_files:
+            # Arrays were validated up front; only files can fail to decode.
+            return resize_images(self.source.batch(indices), self.image_size), []
+        return self._decode_skipping(indices)
+
+    def _decode_skipping(self, indices: list[int]) -> tuple[torch.Tensor, list[SkippedImage]]:
+        """The batch with zero rows for the images that cannot be decoded, and their records."""
+        decoded, rows, skipped = [], [], []
+        items = self.source.items
+        for row, index in enumerate(indices):
+            try:
+                decoded.append(self.source.batch([index])[0])
+            except SKIPPABLE_ERRORS as error:
+                skipped.append(skipped_image(items[index], index, error))
+            else:
+                rows.append(row)
+        size = self.image_size
+        batch = torch.zeros((len(indices), 3, size, size), dtype=torch.uint8)
+        if decoded:
+            batch[rows] = resize_images(decoded, size)
+        return batch, skipped
 
 
 def batch_as_is(batch: torch.Tensor) -> torch.Tensor:
@@ -531,19 +582,8 @@ def _check_array_image(array: np.ndarray, where: str) -> str:
         raise ValueError(f"{where} has shape {array.shape}; expected non-zero height and width")
     kind = _dtype_kind(array.dtype, where)
     if kind == "float":
-        _check_float_range(float(np.min(array)), float(np.max(array)), where)
+        check_float_range(float(np.min(array)), float(np.max(array)), where)
     return kind
-
-
-def _check_float_range(low: float, high: float, where: str) -> None:
-    # NaN propagates through min and max, so the extremes also reveal non-finite pixels.
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"{where} contains NaN or infinite pixels; expected finite values")
-    if low < 0 or high > 1:
-        raise ValueError(
-            f"{where} has float pixel values in [{low:.6g}, {high:.6g}]; expected values in "
-            "[0, 1] (or pass uint8 or uint16 data)"
-        )
 
 
 def _check_stacked_float_values(X: np.ndarray) -> None:
@@ -558,11 +598,11 @@ def _check_stacked_float_values(X: np.ndarray) -> None:
     non_finite = ~(np.isfinite(lows) & np.isfinite(highs))
     if non_finite.any():
         index = int(np.argmax(non_finite))
-        _check_float_range(lows[index], highs[index], f"X[{index}]")
+        check_float_range(lows[index], highs[index], f"X[{index}]")
     out_of_range = (lows < 0) | (highs > 1)
     if out_of_range.any():
         index = int(np.argmax(out_of_range))
-        _check_float_range(lows[index], highs[index], f"X[{index}]")
+        check_float_range(lows[index], highs[index], f"X[{index}]")
 
 
 def _uint16_bit_depth(maximum: int) -> int:
@@ -582,8 +622,8 @@ def _decode(item: Any, index: int) -> torch.Tensor:
         # PIL's decoders also fail with ValueError, struct.error, IndexError and others.
         except Exception as error:
             raise ValueError(f"{where} is a PIL image that could not be loaded: {error}") from error
-        return _array_to_tensor(_pil_to_array(item, where))
-    return _read_file(item, index)
+        return _array_to_tensor(pil_to_array(item, where))
+    return _array_to_tensor(read_image_file(item, index))
 
 
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -629,145 +669,3 @@ def _stacked_batch(X: np.ndarray, indices: list[int]) -> torch.Tensor:
     # (b, H, W, C) memory read as (b, C, H, W): a channels-last view, no copy.
     tensor = torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2)
     return tensor.expand(-1, 3, -1, -1) if tensor.shape[1] == 1 else tensor
-
-
-def _pil_to_array(image: Image.Image, where: str) -> np.ndarray:
-    """Return a uint8, uint16 or float array ``(H, W)`` or ``(H, W, 3)`` for any PIL mode."""
-    mode = image.mode
-    if mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)
-    if mode == "I":
-        array = np.asarray(image)
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 2**16 - 1:
-            raise ValueError(
-                f"{where} is a 32-bit integer image with values in [{low}, {high}]; expected "
-                "values in [0, 65535]"
-            )
-        return array.astype(np.uint16)
-    if mode == "F":
-        array = np.asarray(image)
-        _check_float_range(float(array.min()), float(array.max()), where)
-        return array
-    try:
-        if mode == "P":
-            # Palette transparency must go through RGBA; PIL warns on a direct RGB conversion.
-            image = image.convert("RGBA")
-        # An RGB or grey image is read as it is (convert would copy it first).
-        return np.asarray(image if image.mode in ("RGB", "L") else image.convert("RGB"))
-    except ValueError as error:
-        raise ValueError(
-            f"{where} has PIL mode {mode!r}, which could not be converted to RGB: {error}"
-        ) from error
-
-
-def _read_file(path: str | os.PathLike, index: int) -> torch.Tensor:
-    where = f"X[{index}] ({os.fspath(path)!r})"
-    try:
-        file = open(path, "rb")
-    except (FileNotFoundError, IsADirectoryError):
-        raise FileNotFoundError(f"X[{index}]: no file at {os.fspath(path)!r}") from None
-    except OSError as error:
-        raise ValueError(
-            f"{where} could not be read ({error}); expected a readable image file"
-        ) from error
-    # One open per image: the DICOM marker is sniffed from the file the decoder then reads.
-    with file:
-        try:
-            is_dicom = _is_dicom(path, file)
-        except OSError as error:
-            raise ValueError(
-                f"{where} could not be read ({error}); expected a readable image file"
-            ) from error
-        if is_dicom:
-            return _array_to_tensor(_read_dicom(file, where))
-        with _open_image(file, where) as image:
-            return _array_to_tensor(_pil_to_array(image, where))
-
-
-def _open_image(path: str | os.PathLike | BinaryIO, where: str) -> Image.Image:
-    """Open and load an image file with PIL; any failure is a ValueError naming ``where``."""
-    image = None
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns between its pixel limit and twice that; refuse both alike, since
-            # a warning from a DataLoader worker does not say which file it is about.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(
-            f"{where} has more pixels than PIL.Image.MAX_IMAGE_PIXELS="
-            f"{Image.MAX_IMAGE_PIXELS}, PIL's guard against decompression bombs ({error}); "
-            "expected a smaller image. If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS "
-            "(None switches the guard off) before decoding."
-        ) from error
-    except MemoryError:
-        raise
-    # PIL signals unknown formats (UnidentifiedImageError), truncated data and broken chunks
-    # through OSError and SyntaxError, and some decoders through ValueError, struct.error,
-    # IndexError and others.
-    except Exception as error:
-        if image is not None:
-            image.close()
-        raise ValueError(
-            f"{where} could not be decoded ({error}); expected a readable PNG, JPEG, TIFF, BMP "
-            "or DICOM file"
-        ) from error
-    return image
-
-
-def _is_dicom(path: str | os.PathLike, file: BinaryIO) -> bool:
-    """DICOM by suffix or by the ``DICM`` marker at byte 128 of ``file`` (left at its start)."""
-    if Path(path).suffix.lower() in _DICOM_SUFFIXES:
-        return True
-    header = file.read(132)
-    file.seek(0)
-    return header[128:132] == b"DICM"
-
-
-def _read_dicom(path: str | os.PathLike | BinaryIO, where: str) -> np.ndarray:
-    """Return the pixels of a single-frame DICOM file as uint8 ``(H, W)`` or ``(H, W, 3)``."""
-    try:
-        import pydicom
-    except ImportError as error:
-        raise ImportError(
-            f'{where} is a DICOM file; reading it needs pydicom: pip install "sparsam[dicom]"'
-        ) from error
-    try:
-        dataset = pydicom.dcmread(path)
-        pixels = dataset.pixel_array
-    # pydicom reports broken, truncated or undecodable files through many exception types.
-    except Exception as error:
-        raise ValueError(f"{where} could not be decoded as DICOM: {error}") from error
-    n_frames = int(_dicom_number(dataset, "NumberOfFrames", 1))
-    samples_per_pixel = int(_dicom_number(dataset, "SamplesPerPixel", 1))
-    if n_frames > 1 or pixels.ndim != (2 if samples_per_pixel == 1 else 3):
-        raise ValueError(
-            f"{where} holds pixel data of shape {pixels.shape} ({n_frames} frames); expected a "
-            "single-frame image"
-        )
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    slope = _dicom_number(dataset, "RescaleSlope", 1.0)
-    intercept = _dicom_number(dataset, "RescaleIntercept", 0.0)
-    rescaled = slope != 1 or intercept != 0
-    if rescaled:
-        pixels = pixels.astype(np.float64) * slope + intercept
-    if rescaled or pixels.dtype != np.uint8:
-        pixels = pixels.astype(np.float64)
-        low, high = pixels.min(), pixels.max()
-        if high > low:
-            pixels = np.rint((pixels - low) * (255 / (high - low)))
-        else:
-            pixels = np.zeros_like(pixels)
-        pixels = pixels.astype(np.uint8)
-    if photometric == "MONOCHROME1":
-        pixels = 255 - pixels
-    return pixels
-
-
-def _dicom_number(dataset: Any, keyword: str, default: float) -> float:
-    value = dataset.get(keyword)
-    if value is None or value == "":
-        return default
-    return float(value)

@@ -17,14 +17,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from sparsam.data.cache import image_keys
+from sparsam.data.cache import image_keys, subset_source
 from sparsam.data.inputs import (
     ImageSource,
     ResizedImages,
     as_image_source,
     batch_as_is,
+    iter_batches,
     load_images,
 )
+from sparsam.data.skipping import SkippedImage
 from sparsam.training.transfer import on_device
 
 __all__ = [
@@ -60,6 +62,9 @@ class TrainingImages:
         DataLoader worker processes that decode while streaming; 0 decodes in this process.
     pin_memory : bool
         Page-locked batches for fast, asynchronous copies to a GPU (streaming only).
+    kept : sequence of int or None
+        Which images of the caller's input these are, when some were left out because they
+        could not be decoded (`training_images` with ``skipped``); None when all are kept.
     """
 
     def __init__(
@@ -69,8 +74,10 @@ class TrainingImages:
         images: torch.Tensor | None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        kept: Sequence[int] | None = None,
     ) -> None:
         self.source = source
+        self.kept = kept
         self.image_size = image_size
         self.images = images
         self.num_workers = num_workers
@@ -186,6 +193,7 @@ def training_images(
     num_workers: int = 0,
     pin_memory: bool = False,
     progress: Callable[[int], Any] | None = None,
+    skipped: list[SkippedImage] | None = None,
 ) -> TrainingImages:
     """The training images in memory or streamed, as ``in_memory`` asks.
 
@@ -208,14 +216,73 @@ def training_images(
     progress : callable, optional
         Called with the number of images of every batch decoded into memory (for a progress
         bar); never called when streaming.
+    skipped : list or None, default=None
+        None raises on an image that cannot be decoded, naming it (``on_error="raise"``). A
+        list leaves such images out (``on_error="skip"``): each is recorded in it as a
+        `sparsam.data.skipping.SkippedImage`, and the result holds the others, in order,
+        with ``kept`` their indices. The bad images are known before training starts, so
+        every epoch, and a run resumed from a checkpoint, trains on the same images: in
+        memory they are found by the one decoding pass; streamed, by a pass that decodes
+        every file once before the first epoch (in ``num_workers`` processes, without
+        keeping the pixels), which a streamed run with ``skipped=None`` does not make.
 
     Returns
     -------
     TrainingImages
+
+    Raises
+    ------
+    ValueError
+        If ``skipped`` is a list and no image can be decoded.
     """
     source = as_image_source(source)
     if in_memory == "auto":
         in_memory = decoded_bytes(len(source), image_size) <= IN_MEMORY_LIMIT_BYTES
+    found: list[SkippedImage] | None = None if skipped is None else []
     if in_memory:
-        return in_memory_images(source, image_size, batch_size, num_workers, progress)
+        images = load_images(
+            source, image_size, batch_size, num_workers, progress=progress, skipped=found
+        )
+    else:
+        images = None
+        if found is not None and source.reads_files:
+            _find_undecodable(source, batch_size, num_workers, found)
+    if found:
+        skipped.extend(found)
+        return _without(source, image_size, images, found, num_workers, pin_memory)
+    if images is not None:
+        return TrainingImages(source, image_size, images)
     return streamed_images(source, image_size, num_workers, pin_memory)
+
+
+def _find_undecodable(
+    source: ImageSource, batch_size: int, num_workers: int, skipped: list[SkippedImage]
+) -> None:
+    """Decode every image once, keeping no pixels, and record those that fail in ``skipped``."""
+    # 1x1: the resize that follows decoding costs next to nothing, and so does each batch's
+    # trip from a worker.
+    for _ in iter_batches(source, 1, batch_size, num_workers, skipped=skipped):
+        pass
+
+
+def _without(
+    source: ImageSource,
+    image_size: int,
+    images: torch.Tensor | None,
+    skipped: list[SkippedImage],
+    num_workers: int,
+    pin_memory: bool,
+) -> TrainingImages:
+    """The training images of ``source`` but the ``skipped`` ones."""
+    bad = {image.index for image in skipped}
+    kept = [index for index in range(len(source)) if index not in bad]
+    if not kept:
+        first = skipped[0]
+        raise ValueError(
+            f"None of the {len(source)} images could be decoded (on_error='skip'), e.g. "
+            f"X[{first.index}] ({first.path!r}) {first.reason}; expected readable images."
+        )
+    subset = subset_source(source, kept)
+    if images is None:
+        return TrainingImages(subset, image_size, None, num_workers, pin_memory, kept=kept)
+    return TrainingImages(subset, image_size, images[kept], kept=kept)
