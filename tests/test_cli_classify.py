@@ -189,6 +189,31 @@ def test_classify_skips_unreadable_files_with_on_error_skip_and_lists_them(proje
     assert code == 1
 
 
+def test_evaluate_with_on_error_skip_leaves_an_unreadable_labeled_image_out_and_lists_it(
+    project,
+):
+    folder = project / "evaluate_bad_file"
+    images = folder / "images"
+    images.mkdir(parents=True)
+    for path in sorted((project / "images").glob("*.png"))[:9]:
+        (images / path.name).write_bytes(path.read_bytes())
+    (images / "broken.png").write_bytes(b"not a png")
+    rows = [(f"images/image_{index:02d}.png", CLASSES[index % 3]) for index in range(9)]
+    write_labels(folder / "labels.csv", [*rows, ("images/broken.png", "normal")])
+    arguments = ["evaluate", str(images), "--labels", str(folder / "labels.csv")]
+    arguments += ["--pretrained", str(project / "backbone"), "--n-per-class", "1"]
+    arguments += ["--repeats", "2", "--quiet"]
+
+    code, _, stderr = run_here(*arguments, "--out", str(folder / "out"), "--on-error", "skip")
+
+    assert code == 0, stderr
+    with open(folder / "out" / "skipped.csv", newline="") as file:
+        assert [Path(row["path"]).name for row in csv.DictReader(file)] == ["broken.png"]
+    code, _, stderr = run_here(*arguments, "--out", str(folder / "raised"))
+    assert code == 1
+    assert "broken.png" in stderr
+
+
 def test_classify_with_a_label_csv_naming_a_missing_image_names_the_row(project):
     write_labels(project / "missing.csv", [("images/image_00.png", "a"), ("images/gone.png", "b")])
     result = sparsam(
