@@ -349,8 +349,7 @@ def _evaluation_featurizer(
     settings: dict[str, Any],
 ) -> tuple[Any, str]:
     """The fitted featurizer ``run_evaluate`` embeds with, and its name in the outputs."""
-    import joblib
-
+    from ._joblib_file import load_fitted
     from .featurizer import DinoFeaturizer
 
     if featurizer is not None:
@@ -359,10 +358,7 @@ def _evaluation_featurizer(
                 f"epochs={epochs} with a saved featurizer: it is evaluated as it is; to train "
                 "with DINO first, start from pretrained weights instead."
             )
-        model = joblib.load(featurizer)
-        if not isinstance(model, DinoFeaturizer) or not hasattr(model, "backbone_"):
-            raise ValueError(f"{featurizer} does not hold a fitted DinoFeaturizer.")
-        return model, str(featurizer)
+        return load_fitted(featurizer, DinoFeaturizer, "backbone_"), str(featurizer)
     model = DinoFeaturizer(
         pretrained=pretrained,
         epochs=epochs,
