@@ -142,8 +142,13 @@ def check_writable_directory(path: str | os.PathLike, parameter: str) -> Path:
         os.close(descriptor)
         os.unlink(probe)
     except OSError as error:
+        reason = error.strerror or str(error)
+        # A file where a directory belongs: name it, it may be a parent the user never typed.
+        files = [p for p in (*reversed(path.parents), path) if p.is_file()]
+        if files:
+            reason = f"{files[0]} is a file"
         raise ValueError(
-            f"{parameter}={str(path)!r} is not a writable directory ({error.strerror or error}); "
+            f"{parameter}={str(path)!r} is not a writable directory ({reason}); "
             "choose a directory you can write to."
         ) from error
     return path

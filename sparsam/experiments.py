@@ -275,16 +275,7 @@ def run_evaluate(
     model, source = _evaluation_featurizer(
         images, pretrained, featurizer, epochs, device, random_state, verbose, settings
     )
-    # The featurizer is frozen, so FrozenEstimator(featurizer) -> classifier in few_shot_curve
-    # would give the same scores but embed the test images again for every draw: embed once.
-    labeled_images, labeled_labels = _labeled_subset(images, labels)
-    features = model.transform(labeled_images)
-    # With on_error="skip", an image that could not be decoded has a row of NaN (and was
-    # named in a warning): neither arm is scored on it.
-    readable = np.flatnonzero(~np.isnan(features).any(axis=1))
-    if len(readable) < len(features):
-        features, labeled_labels = features[readable], labeled_labels[readable]
-        labeled_images = _subset(labeled_images, readable)
+    labeled_images, labeled_labels, features = _embedded_labeled_images(model, images, labels)
     counts = np.bincount(labeled_labels, minlength=len(class_names))
     print(
         f"{dataset}: {len(labels)} images, {len(labeled_labels)} labeled in "
@@ -349,6 +340,23 @@ def _checked_classifiers(
     return classifiers
 
 
+def _embedded_labeled_images(
+    model: Any, images: Any, labels: np.ndarray
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The labeled images that could be read, their labels and their features."""
+    # The featurizer is frozen, so FrozenEstimator(featurizer) -> classifier in few_shot_curve
+    # would give the same scores but embed the test images again for every draw: embed once.
+    labeled_images, labeled_labels = _labeled_subset(images, labels)
+    features = model.transform(labeled_images)
+    # With on_error="skip", an image that could not be decoded has a row of NaN (and was
+    # named in a warning): neither arm is scored on it.
+    readable = np.flatnonzero(~np.isnan(features).any(axis=1))
+    if len(readable) < len(features):
+        features, labeled_labels = features[readable], labeled_labels[readable]
+        labeled_images = _subset(labeled_images, readable)
+    return labeled_images, labeled_labels, features
+
+
 def _labeled_subset(images: Any, labels: np.ndarray) -> tuple[Any, np.ndarray]:
     """The images with a label (not ``-1``) and their labels, in the same order."""
     labeled = np.flatnonzero(labels != -1)
@@ -373,8 +381,7 @@ def _evaluation_featurizer(
     settings: dict[str, Any],
 ) -> tuple[Any, str]:
     """The fitted featurizer ``run_evaluate`` embeds with, and its name in the outputs."""
-    import joblib
-
+    from ._joblib_file import load_fitted
     from .featurizer import DinoFeaturizer
 
     if featurizer is not None:
@@ -383,9 +390,7 @@ def _evaluation_featurizer(
                 f"epochs={epochs} with a saved featurizer: it is evaluated as it is; to train "
                 "with DINO first, start from pretrained weights instead."
             )
-        model = joblib.load(featurizer)
-        if not isinstance(model, DinoFeaturizer) or not hasattr(model, "backbone_"):
-            raise ValueError(f"{featurizer} does not hold a fitted DinoFeaturizer.")
+        model = load_fitted(featurizer, DinoFeaturizer, "backbone_")
         return model.set_params(on_error=settings["on_error"]), str(featurizer)
     model = DinoFeaturizer(
         pretrained=pretrained,

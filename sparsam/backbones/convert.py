@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._torch_file import UnreadableTorchFileError, load_weights_only
 from .create import create_backbone, imagenet_hub_id
 from .load import load_state_dict_strictly
 from .model_card import model_card_text
@@ -71,8 +71,10 @@ def convert_checkpoint(
     Raises
     ------
     ValueError
-        If the file holds no ``backbone.`` keys, or its backbone keys or shapes do not fit
-        ``architecture``; the message lists them and names the file.
+        If the file is not a torch state dict (empty, not written by ``torch.save``,
+        truncated, or holding objects other than tensors), holds no ``backbone.`` keys, or
+        its backbone keys or shapes do not fit ``architecture``; the message names the file
+        and what is wrong with it.
     FileExistsError
         If ``directory`` holds a ``config.json``, ``model.safetensors`` or ``README.md`` that
         sparsam did not write.
@@ -85,16 +87,7 @@ def convert_checkpoint(
                 f"name must be one of {sorted(PRETRAINED_BACKBONES)} or None, got {name!r}."
             )
         entry = PRETRAINED_BACKBONES[name]
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(
-            f"{path} cannot be read as a torch state dict with torch.load(weights_only=True): "
-            f"{error}"
-        ) from error
-    state_dict = _backbone_state_dict(raw, path)
+    state_dict = _backbone_state_dict(_read_checkpoint(path), path)
     model = create_backbone(architecture, image_size=image_size, backbone_kwargs=model_kwargs)
     load_state_dict_strictly(
         model, state_dict, str(path), architecture, getattr(model, "sparsam_model_args", {})
@@ -149,10 +142,33 @@ def convert_checkpoint(
     )
 
 
+def _read_checkpoint(path: Path) -> Any:
+    """What the ``.pt`` file holds, read with ``weights_only=True``; errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Checkpoint {str(path)!r} "
+            + ("is a directory" if path.is_dir() else "does not exist")
+            + "; expected one of the paper's .pt files (e.g. pretrained_bm.pt)."
+        )
+    try:
+        return load_weights_only(path)
+    except UnreadableTorchFileError as error:
+        # Not torch's message: it advises weights_only=False, which would run the file's code.
+        raise ValueError(
+            f"{path} is not one of the paper's DINO checkpoints (a torch state dict): "
+            f"{error.reason}."
+        ) from None
+
+
 def _backbone_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
     found = _find_backbone_dict(raw, depth=3)
+    if found is None and not isinstance(raw, Mapping):
+        raise ValueError(
+            f"{path} holds a {type(raw).__name__}, not a dict of tensors; expected one of the "
+            "paper's DINO checkpoints (a state dict with 'backbone.' keys)."
+        )
     if found is None:
-        keys = list(raw) if isinstance(raw, Mapping) else []
+        keys = list(raw)
         shown = ", ".join(str(k) for k in keys[:10]) + (", …" if len(keys) > 10 else "")
         raise ValueError(
             f"{path} holds no 'backbone.' keys (also not in a nested 'teacher', 'student', "

@@ -149,7 +149,7 @@ def load_backbone(
     if spec.startswith("local-dir:"):
         return _load_from_directory(Path(spec[len("local-dir:") :]), image_size, drop_path_rate)
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if path.exists():
         return _load_from_directory(path, image_size, drop_path_rate)
     names = ", ".join(repr(name) for name in PRETRAINED_BACKBONES)
     if "/" in spec or os.sep in spec or spec.startswith((".", "~")):
@@ -167,6 +167,8 @@ def _load_from_directory(
     directory: Path, image_size: int | None, drop_path_rate: float
 ) -> nn.Module:
     directory = directory.expanduser()
+    if directory.is_file():
+        raise BackboneNotFoundError(_file_for_directory(directory))
     if not directory.is_dir():
         raise BackboneNotFoundError(
             f"There is no directory {str(directory)!r}; expected a directory with "
@@ -185,6 +187,22 @@ def _load_from_directory(
         )
     source = {"source": "local-dir", "file": str(directory)}
     return _build(read_config(config_path), weights_path, source, image_size, drop_path_rate)
+
+
+def _file_for_directory(path: Path) -> str:
+    """Why a file was refused where a backbone directory belongs, and what to pass instead."""
+    if path.name in (CONFIG_NAME, WEIGHTS_NAME):
+        return (
+            f"{path} is a file; pass the directory that holds it, {path.parent}, with "
+            f"{CONFIG_NAME} and {WEIGHTS_NAME}."
+        )
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return f"{path} is a pickle file, not a backbone directory." + _pickle_refusal([])
+    return (
+        f"{path} is a file; expected a directory with {CONFIG_NAME} and {WEIGHTS_NAME} "
+        "(written by save_backbone, sparsam pretrain or sparsam convert). A featurizer.joblib "
+        "is read by sparsam embed --backbone and sparsam evaluate --featurizer."
+    )
 
 
 def _load_from_hub(
@@ -270,9 +288,16 @@ def _build(
     excluded = {"num_classes", "drop_path_rate"}
     model_args = {k: v for k, v in config.get("model_args", {}).items() if k not in excluded}
     training_args = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-    model = timm.create_model(
-        architecture, pretrained=False, num_classes=0, **model_args, **training_args
-    )
+    try:
+        model = timm.create_model(
+            architecture, pretrained=False, num_classes=0, **model_args, **training_args
+        )
+    except TypeError as error:  # an argument this timm's model does not take
+        raise ValueError(
+            f"{weights_path.parent / CONFIG_NAME}: timm {timm.__version__} cannot build "
+            f"{architecture!r} with its model_args ({error}); it was written by a newer timm "
+            "or sparsam: update timm."
+        ) from error
     try:
         state_dict = safetensors.torch.load_file(str(weights_path), device="cpu")
     except Exception as error:  # safetensors raises its own SafetensorError

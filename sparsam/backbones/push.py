@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, constants
+from huggingface_hub.utils import HfHubHTTPError
 
 from .hub_format import CARD_MARKER, CONFIG_NAME, README_NAME, WEIGHTS_NAME, read_config
 
@@ -63,6 +65,13 @@ def push_backbone(
     ------
     ValueError
         If ``directory`` lacks ``config.json`` or ``model.safetensors``.
+    ConnectionError
+        If the Hub cannot be reached (no network, a wrong ``HF_ENDPOINT``, a timeout, or
+        ``HF_HUB_OFFLINE=1``); the message names the directory, the repository and the
+        endpoint.
+    OSError
+        If the Hub refuses the upload (e.g. a token without write access); the message gives
+        the Hub's reason.
     """
     path = Path(directory).expanduser()
     if not path.is_dir():
@@ -74,7 +83,35 @@ def push_backbone(
             "in timm's Hub format, written by save_backbone or sparsam convert."
         )
     read_config(path / CONFIG_NAME)
-    api = HfApi(token=token)
+    try:
+        commit_url = _upload(
+            HfApi(token=token), path, repo_id, private, revision, commit_message, overwrite_card
+        )
+    except _connection_errors() as error:
+        raise ConnectionError(
+            f"Could not push {path} to Hugging Face Hub repository {repo_id!r}: could not "
+            f"reach the Hugging Face Hub ({constants.ENDPOINT}; {_first_line(error)}): check "
+            "the network, HF_ENDPOINT and the token."
+        ) from error
+    except HfHubHTTPError as error:
+        raise OSError(
+            f"Could not push {path} to Hugging Face Hub repository {repo_id!r}: the Hub "
+            f"refused ({_first_line(error)}); check that the token (--token, HF_TOKEN or "
+            "`hf auth login`) may write to that repository."
+        ) from error
+    return commit_url
+
+
+def _upload(
+    api: HfApi,
+    path: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    commit_message: str,
+    overwrite_card: bool,
+) -> str:
+    """Create the repository (and branch) if needed, commit the files; the commit's URL."""
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None:
         api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
@@ -103,6 +140,31 @@ def push_backbone(
         **({"delete_patterns": delete} if delete else {}),
     )
     return str(getattr(commit, "commit_url", commit))
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions by which huggingface_hub's HTTP client says the Hub was not reached.
+
+    huggingface_hub < 1.0 talks through requests, later versions through httpx (httpx2 in
+    2.x); neither wraps a refused connection, a DNS failure or a timeout in its own error.
+    Only the modules already imported can have raised, so nothing is imported here.
+    """
+    # Builtins; huggingface_hub's OfflineModeIsEnabled (HF_HUB_OFFLINE=1) is a ConnectionError.
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    clients = {"requests": ("ConnectionError", "Timeout"), "httpx": ("TransportError",)}
+    clients["httpx2"] = clients["httpx"]
+    for module_name, names in clients.items():
+        module = sys.modules.get(module_name)
+        for name in names:
+            error = getattr(module, name, None)
+            if isinstance(error, type) and issubclass(error, BaseException):
+                errors.append(error)
+    return tuple(errors)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _hub_card_author(api: HfApi, repo_id: str, revision: str | None) -> str | None:

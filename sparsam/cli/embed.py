@@ -254,8 +254,7 @@ def embedding_featurizer(
     verbose: int,
 ) -> Any:
     """A fitted featurizer from a joblib file, or one that loads ``backbone`` as pretrained."""
-    import joblib
-
+    from .._joblib_file import load_fitted
     from ..featurizer import DinoFeaturizer
 
     settings = {name: value for name, value in settings.items() if value is not None}
@@ -266,12 +265,7 @@ def embedding_featurizer(
                 f"--backbone {backbone} is a saved featurizer, which embeds at the image size "
                 "and with the architecture it was fitted with: drop --image-size and --arch."
             )
-        featurizer = joblib.load(backbone)
-        if not isinstance(featurizer, DinoFeaturizer) or not hasattr(featurizer, "backbone_"):
-            raise ValueError(
-                f"--backbone {backbone} does not hold a fitted DinoFeaturizer: expected a "
-                "featurizer.joblib written by sparsam pretrain, or a backbone directory."
-            )
+        featurizer = load_fitted(backbone, DinoFeaturizer, "backbone_")
         return featurizer.set_params(**settings)
     if architecture is not None:
         settings["backbone"] = architecture

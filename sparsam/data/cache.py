@@ -63,7 +63,8 @@ def cache_location(memory: Any) -> Path | None:
     Raises
     ------
     ValueError
-        If ``memory`` is of another type, an empty string, names an existing file, or a
+        If ``memory`` is of another type, an empty string, names an existing file, holds a
+        file named ``sparsam-embeddings`` where the store's directory belongs, or names a
         directory that cannot be created or written to; the message names ``memory`` and the
         path.
     """
@@ -85,6 +86,9 @@ def cache_location(memory: Any) -> Path | None:
     path = Path(location).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"memory={os.fspath(location)!r} is a file; expected a directory")
+    store = path / CACHE_DIRECTORY
+    if store.exists() and not store.is_dir():
+        raise ValueError(_blocked_message(store, store))
     return check_writable_directory(path, "memory")
 
 
@@ -234,12 +238,26 @@ class EmbeddingStore:
 
         The bytes go to a temporary file in the same directory that is then renamed over the
         entry, so that concurrent processes and interrupted runs never leave a partial file
-        under the entry's name.
+        under the entry's name. A file where one of the entry's directories belongs is a
+        ValueError that names it.
         """
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            files = [parent for parent in reversed(path.parents) if parent.is_file()]
+            blocking = files[0] if files else path.parent
+            raise ValueError(_blocked_message(blocking, path.parent)) from None
         with atomic_write(path) as file:
             np.save(file, np.asarray(embedding, dtype=np.float32), allow_pickle=False)
+
+
+def _blocked_message(blocking: Path, directory: Path) -> str:
+    needed = "" if blocking == directory else f", which needs the directory {directory}"
+    return (
+        f"memory: {blocking} is a file where the embedding cache keeps a directory{needed}; "
+        "move or delete that file, or pass another memory= directory."
+    )
 
 
 def _array_key(array: np.ndarray) -> str:

@@ -15,12 +15,10 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import re
 import signal
 import threading
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_write
+from .._torch_file import UnreadableTorchFileError, load_weights_only
 
 __all__ = [
     "CheckpointWarning",
@@ -125,15 +124,12 @@ def read_checkpoint(path: Path, device: torch.device, keys: Sequence[str]) -> di
     if path.stat().st_size == 0:
         raise ValueError(f"Checkpoint {path} is empty (an interrupted copy?); {advice}.")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        # torch's own message suggests weights_only=False, which would run arbitrary code.
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "weights_only" in reason or "Weights only load failed" in reason:
-            reason = "it holds objects other than tensors and plain values"
+        state = load_weights_only(path, map_location=device)
+    except (UnreadableTorchFileError, OSError) as error:
+        reason = error.reason if isinstance(error, UnreadableTorchFileError) else error.strerror
         raise ValueError(
-            f"Checkpoint {path} cannot be read: it is corrupt, truncated or not a sparsam "
-            f"checkpoint ({reason}); {advice}."
+            f"Checkpoint {path} cannot be read ({reason}): it is damaged or not a sparsam "
+            f"checkpoint; {advice}."
         ) from None
     missing = [key for key in keys if not isinstance(state, dict) or key not in state]
     if missing:
