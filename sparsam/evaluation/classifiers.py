@@ -71,7 +71,7 @@ class _MostProbableClass(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
-class _PlattScaledSVC(ClassifierMixin, BaseEstimator):
+class _PlattScaledSVC(_MostProbableClass):
     """``svc`` with class probabilities by Platt scaling of cross-validated decision values.
 
     What ``SVC(probability=True)`` did inside libsvm (deprecated in scikit-learn 1.9), by
@@ -99,12 +99,6 @@ class _PlattScaledSVC(ClassifierMixin, BaseEstimator):
         self.classes_ = self.estimator_.classes_
         self.n_features_in_ = self.estimator_.n_features_in_
         return self
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        return self.estimator_.predict_proba(X)
-
-    def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
 def paper_classifiers(
