@@ -243,8 +243,10 @@ def test_checkpoint_is_written_with_the_users_umask(tmp_path, tiny_params, tiny_
     finally:
         os.umask(previous)
     (checkpoint,) = list_checkpoints(tmp_path / "run")
+    history = tmp_path / "run" / "history.csv"
     assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
-    assert [p.name for p in (tmp_path / "run").iterdir()] == [checkpoint.name]
+    assert stat.S_IMODE(history.stat().st_mode) == 0o644
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [checkpoint.name, history.name]
 
 
 def test_run_killed_mid_epoch_and_resumed_equals_an_uninterrupted_run(
