@@ -22,17 +22,17 @@ from . import attention, check, classify, convert, demo, embed, evaluate, pretra
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-# The commands in the order `sparsam --help` lists them.
+# The commands in the order `sparsam --help` lists them: a run's order, then publishing.
 COMMANDS = {
     "demo": demo,
-    "evaluate": evaluate,
-    "convert": convert,
-    "push": push,
+    "check": check,
     "pretrain": pretrain,
     "embed": embed,
-    "attention": attention,
+    "evaluate": evaluate,
     "classify": classify,
-    "check": check,
+    "attention": attention,
+    "convert": convert,
+    "push": push,
 }
 
 _DESCRIPTION = """\
@@ -41,8 +41,11 @@ and few-shot classification on their frozen embeddings (Nielsen et al. 2023).
 
 example:
   sparsam demo
-  sparsam pretrain images/ --out my-backbone --pretrained imagenet --epochs 100
+  sparsam check images/
+  sparsam pretrain images/ --out my-backbone --config run.toml
   sparsam embed images/ --backbone my-backbone --out embeddings.npy
+  sparsam evaluate images/ --labels labels.csv --pretrained my-backbone
+  sparsam classify images/ --labels labels.csv --backbone my-backbone --out predictions.csv
   sparsam attention images/ --backbone my-backbone --out attention-maps/
 
 Run `sparsam COMMAND --help` for a command's options.
