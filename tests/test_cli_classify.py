@@ -214,6 +214,36 @@ def test_evaluate_with_on_error_skip_leaves_an_unreadable_labeled_image_out_and_
     assert "broken.png" in stderr
 
 
+def test_pretrain_with_labels_records_their_knn_accuracy_per_epoch(project):
+    config = project / "pretrain_tiny.toml"
+    config.write_text(
+        'backbone = "vit_tiny_patch16_224"\n'
+        "backbone_kwargs = {patch_size = 4, embed_dim = 32, depth = 2, num_heads = 2}\n"
+        "image_size = 16\nlocal_crop_size = 8\nlocal_crops = 2\nepochs = 2\nbatch_size = 6\n"
+        "out_dim = 64\n"
+    )
+    out = project / "pretrained_with_labels"
+    code, _, stderr = run_here(
+        "pretrain",
+        str(project / "images"),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--labels",
+        str(project / "labels.csv"),
+        "--quiet",
+    )
+
+    assert code == 0, stderr
+    with open(out / "history.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 2
+    assert all(0.0 <= float(row["knn_accuracy"]) <= 1.0 for row in rows)
+    record = json.loads((out / "params.json").read_text())
+    assert record["run"]["n_labeled"] == 9
+
+
 def test_classify_with_a_label_csv_naming_a_missing_image_names_the_row(project):
     write_labels(project / "missing.csv", [("images/image_00.png", "a"), ("images/gone.png", "b")])
     result = sparsam(

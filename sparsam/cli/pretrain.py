@@ -101,7 +101,7 @@ def add_parser(commands: Any) -> None:
         "pretrain",
         help="DINO self-supervised pretraining on your unlabeled images",
         description=(
-            "Train a timm backbone with DINO on the images of DATA (labels are never read) "
+            "Train a timm backbone with DINO on the images of DATA (DINO reads no labels) "
             "and write it to --out in timm's Hub format (config.json, model.safetensors, "
             "README.md), with the fitted featurizer as featurizer.joblib. Checkpoints go to "
             "--checkpoint-dir; --resume continues an interrupted run. For several GPUs: "
@@ -111,6 +111,13 @@ def add_parser(commands: Any) -> None:
     pretrain.add_argument("data", metavar="DATA", help=DATA_HELP)
     pretrain.add_argument("--out", required=True, metavar="DIR", help="output directory")
     pretrain.add_argument("--root", default=None, help="the download a data set name reads")
+    pretrain.add_argument(
+        "--labels",
+        metavar="CSV",
+        help="labels of some images (columns path,label): DINO never sees them; they choose "
+        "the epoch whose features classify them best, and history.csv gets their kNN "
+        "accuracy per epoch",
+    )
     pretrain.add_argument(
         "--backbone", metavar="NAME", help=f"timm model name {default('backbone')}"
     )
@@ -259,6 +266,11 @@ def _recipe_where(name: str, recipe: dict[str, Any]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> None:
     """Run ``sparsam pretrain`` as parsed into ``args``."""
     images = resolve_images(args.data, args.root)
+    labels = None
+    if args.labels:
+        from ..data.labels import class_indices, read_labels
+
+        labels, _ = class_indices(read_labels(args.labels, images))
     settings = pretrain_settings(args, images)
     if args.dry_run:
         _dry_run(args, settings, images)
@@ -275,6 +287,7 @@ def run(args: argparse.Namespace) -> None:
         settings=settings,
         command_line=getattr(args, "argv", sys.argv[1:]),
         images=images,
+        labels=labels,
     )
 
 
@@ -325,6 +338,7 @@ def run_pretrain(
     settings: Settings | None = None,
     command_line: Sequence[str] = (),
     images: Any = None,
+    labels: np.ndarray | None = None,
 ) -> Any:
     """DINO pretraining of a backbone on the images of ``data``; writes the result to ``out``.
 
@@ -367,6 +381,9 @@ def run_pretrain(
         The arguments of ``sparsam`` that ``params.json`` records.
     images : list or ndarray, optional
         ``resolve_images(data, root)``, when the caller has it already.
+    labels : ndarray of int, optional
+        One label per image, ``-1`` for unlabeled ones: ``DinoFeaturizer.fit``'s ``y``, which
+        chooses the snapshot and adds the kNN accuracy to the history, never the DINO loss.
 
     Returns
     -------
@@ -400,6 +417,8 @@ def run_pretrain(
         if images is None:
             images = resolve_images(data, root)
         run_description = _run_description(data, root, images)
+        if labels is not None:
+            run_description["n_labeled"] = int((labels != -1).sum())
         if resume:
             distributed.on_main_process(
                 lambda: check_resume(out / PARAMS_FILE, settings, run_description)
@@ -422,7 +441,7 @@ def run_pretrain(
             )
         started = time.perf_counter()
         with reporting_skipped(out / SKIPPED_REPORT):
-            featurizer.fit(images)
+            featurizer.fit(images, labels)
         minutes = (time.perf_counter() - started) / 60
         # The loggers name this machine's paths: not part of the recipe the saved featurizer
         # and the model card record.
