@@ -143,6 +143,29 @@ def write_photo(path, orientation: int, format: str) -> np.ndarray:
     return pixels
 
 
+# What a viewer shows for each EXIF orientation, as numpy operations on the stored pixels.
+UPRIGHT = {
+    1: lambda pixels: pixels,
+    2: np.fliplr,
+    3: lambda pixels: np.rot90(pixels, 2),
+    4: np.flipud,
+    5: np.transpose,
+    6: lambda pixels: np.rot90(pixels, -1),
+    7: lambda pixels: np.rot90(pixels, 2).T,
+    8: lambda pixels: np.rot90(pixels, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_every_exif_orientation_is_turned_as_viewers_turn_it(tmp_path, orientation):
+    path = tmp_path / "photo.tif"
+    stored = write_photo(path, orientation, "TIFF")
+
+    image = as_image_source([path])[0][0].numpy()
+
+    np.testing.assert_array_equal(image, UPRIGHT[orientation](stored))
+
+
 @pytest.mark.parametrize(("suffix", "format"), [(".jpg", "JPEG"), (".tif", "TIFF")])
 def test_exif_orientation_turns_the_photo_upright(tmp_path, suffix, format):
     # Orientation 6: the camera was turned 90 degrees clockwise; viewers turn it back.
