@@ -27,6 +27,7 @@ from .images import (
     resolve_images,
 )
 from .settings import (
+    OPTION_FLAGS,
     Layer,
     Settings,
     add_settings_options,
@@ -37,6 +38,7 @@ from .settings import (
     print_dry_run,
     resolve_settings,
     seconds_per_step,
+    seed_default_layer,
     write_params,
 )
 
@@ -53,7 +55,6 @@ CLASSIFIERS = {
 }
 # SupervisedClassifier parameters that have an option of the same name.
 _FINETUNE_OPTIONS = ("epochs", "lr", "image_size", "batch_size", "device", "precision")
-_FLAGS = {"random_state": "--seed", "verbose": "--quiet"}
 
 
 def add_parser(commands: Any) -> None:
@@ -295,12 +296,12 @@ def _finetune_settings(args: argparse.Namespace) -> Settings:
         options["random_state"] = args.seed
     if args.quiet:
         options["verbose"] = 0
-    layers: list[tuple[str, Layer]] = [
-        ("default of sparsam classify", options_layer({"random_state": 0}, _FLAGS)),
-    ]
+    layers: list[tuple[str, Layer]] = [seed_default_layer("classify")]
     if args.config:
         layers.append((str(args.config), config_layer(SupervisedClassifier, args.config)))
-    layers.append(("command line", options_layer(options, {**_FLAGS, "pretrained": "--backbone"})))
+    layers.append(
+        ("command line", options_layer(options, {**OPTION_FLAGS, "pretrained": "--backbone"}))
+    )
     return resolve_settings(SupervisedClassifier, layers)
 
 

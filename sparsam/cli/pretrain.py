@@ -22,6 +22,7 @@ from .images import (
     resolve_images,
 )
 from .settings import (
+    OPTION_FLAGS,
     PARAMS_FILE,
     Layer,
     Settings,
@@ -33,6 +34,7 @@ from .settings import (
     print_dry_run,
     resolve_settings,
     seconds_per_step,
+    seed_default_layer,
     write_params,
 )
 
@@ -59,8 +61,6 @@ _PRETRAIN_PARAMETERS = (
     "on_error",
 )
 _IN_MEMORY = {"auto": "auto", "yes": True, "no": False}
-# The options whose name is not the parameter's (errors name the option the user typed).
-_FLAGS = {"random_state": "--seed", "verbose": "--quiet"}
 _COMPILE = _IN_MEMORY
 
 
@@ -228,11 +228,9 @@ def pretrain_settings(args: argparse.Namespace, images: Any) -> Settings:
     ``--config`` < the options given."""
     from ..featurizer import DinoFeaturizer
 
-    layers: list[tuple[str, Layer]] = [
-        ("default of sparsam pretrain", options_layer({"random_state": 0}, _FLAGS)),
-    ]
+    layers: list[tuple[str, Layer]] = [seed_default_layer("pretrain")]
     config = config_layer(DinoFeaturizer, args.config) if args.config else None
-    options = options_layer(pretrain_parameters(args), _FLAGS)
+    options = options_layer(pretrain_parameters(args), OPTION_FLAGS)
     if args.recipe is not None:
         given = {**(config.values if config else {}), **options.values}
         recipe = _recipe(args.recipe, images, given.get("image_size"))

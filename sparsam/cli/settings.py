@@ -31,6 +31,7 @@ import numpy as np
 __all__ = [
     "CONFIG_SUFFIXES",
     "NOT_IDENTIFYING",
+    "OPTION_FLAGS",
     "PARAMS_FILE",
     "Layer",
     "Settings",
@@ -43,6 +44,7 @@ __all__ = [
     "read_config",
     "resolve_settings",
     "seconds_per_step",
+    "seed_default_layer",
     "write_params",
 ]
 
@@ -246,6 +248,16 @@ def config_layer(estimator: type, path: str | os.PathLike[str]) -> Layer:
     accepts_none = _accepts_none(estimator)
     converted = {key: _from_file(value, key in accepts_none) for key, value in values.items()}
     return Layer(converted, {key: f"{path}: key {key!r}" for key in converted})
+
+
+# The options of the training commands whose name is not ``--`` plus the parameter's (errors
+# name the option the user typed).
+OPTION_FLAGS = {"random_state": "--seed", "verbose": "--quiet"}
+
+
+def seed_default_layer(command: str) -> tuple[str, Layer]:
+    """The first layer of a training command's settings: ``random_state`` 0, as ``--seed``."""
+    return f"default of sparsam {command}", options_layer({"random_state": 0}, OPTION_FLAGS)
 
 
 def options_layer(values: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> Layer:
