@@ -8,6 +8,7 @@ from . import datasets
 from .backbones import load_backbone, push_backbone, save_backbone
 from .classifier import SupervisedClassifier
 from .featurizer import DinoFeaturizer
+from .labeling import select_images_to_label, select_to_label
 from .model_selection import FewShotSplit, few_shot_curve
 from .version import __version__
 
@@ -21,4 +22,6 @@ __all__ = [
     "load_backbone",
     "push_backbone",
     "save_backbone",
+    "select_images_to_label",
+    "select_to_label",
 ]
