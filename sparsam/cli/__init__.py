@@ -1,9 +1,9 @@
 """The ``sparsam`` command line.
 
 ``sparsam demo`` shows the method on bundled digits; ``pretrain``, ``embed`` and ``evaluate``
-run it on your images; ``classify`` predicts the unlabeled images from a labels CSV,
-``attention`` draws where the class token looks; ``convert`` and ``push`` publish
-backbones in timm's Hub format.
+run it on your images; ``select`` chooses the images to label first, ``classify`` predicts
+the unlabeled images from a labels CSV, ``attention`` draws where the class token looks;
+``convert`` and ``push`` publish backbones in timm's Hub format.
 
 Each command is a module of this package with an ``add_parser`` and a ``run`` function; ``main``
 assembles the parser from them. The experiments behind ``demo`` and ``evaluate`` live in
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import attention, check, classify, convert, demo, embed, evaluate, pretrain, push
+from . import attention, check, classify, convert, demo, embed, evaluate, pretrain, push, select
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -28,6 +28,7 @@ COMMANDS = {
     "check": check,
     "pretrain": pretrain,
     "embed": embed,
+    "select": select,
     "evaluate": evaluate,
     "classify": classify,
     "attention": attention,
@@ -44,6 +45,7 @@ example:
   sparsam check images/
   sparsam pretrain images/ --out my-backbone --config run.toml
   sparsam embed images/ --backbone my-backbone --out embeddings.npy
+  sparsam select images/ --backbone my-backbone --n 200 --out to_label.csv
   sparsam evaluate images/ --labels labels.csv --pretrained my-backbone
   sparsam classify images/ --labels labels.csv --backbone my-backbone --out predictions.csv
   sparsam attention images/ --backbone my-backbone --out attention-maps/
