@@ -64,13 +64,14 @@ def write_scans(folder: Path) -> list[str]:
     return [name for name, label in rows if not label]
 
 
-def test_the_page_runs_check_pretrain_embed_evaluate_classify_and_attention_in_order():
+def test_the_page_runs_check_pretrain_embed_select_evaluate_classify_and_attention_in_order():
     names = [command[1] for command in page_commands()]
     assert names == [
         "check",
         "pretrain",
         "pretrain",
         "embed",
+        "select",
         "evaluate",
         "classify",
         "attention",
@@ -104,6 +105,11 @@ def test_every_command_of_the_page_runs_on_a_small_folder(tmp_path):
         assert (model / name).is_file(), name
     n_images = len(CLASSES) * N_LABELED_PER_CLASS + N_UNLABELED
     assert np.load(tmp_path / "features.npy").shape[0] == n_images
+    with open(tmp_path / "to_label.csv", newline="", encoding="utf-8") as file:
+        to_label = list(csv.DictReader(file))
+    assert len(to_label) == 10
+    assert all(Path(row["path"]).is_file() and row["label"] == "" for row in to_label)
+    assert (tmp_path / "to_label.html").read_text(encoding="utf-8").count("<img") == 10
     assert list((tmp_path / "results").glob("*.csv"))
     with open(tmp_path / "predictions.csv", newline="", encoding="utf-8") as file:
         predictions = list(csv.DictReader(file))
