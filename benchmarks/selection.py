@@ -17,7 +17,8 @@ untrained, and raw pixels. Features are cached in ``--features-dir`` (training D
 about 10 minutes per data set on 2 CPU cores).
 
 ``--speed`` times every method on 100,000 x 384 features (a seeded mixture of 50 Gaussian
-clusters of geometric sizes) at n = 200.
+clusters of geometric sizes) at n = 200 and n = 1 (one cluster of everything: the
+largest neighbour search).
 
     python benchmarks/selection.py [--datasets digits cytology textures]
         [--features dino untrained pixels] [--methods typiclust probcover kmeans random]
@@ -118,13 +119,18 @@ def speed(methods: list[str]) -> None:
         size=(n_images, width)
     )
     features = features.astype(np.float32)
-    print(f"\nSpeed: {n_images:,} x {width} features, n = 200, {torch.get_num_threads()} threads")
-    print("| method | seconds | clusters covered of 50 |\n| --- | --- | --- |")
+    print(f"\nSpeed: {n_images:,} x {width} features, {torch.get_num_threads()} threads")
+    print("| method | seconds, n = 200 | clusters covered of 50 | seconds, n = 1 |")
+    print("| --- | --- | --- | --- |")
     for method in methods:
         started = time.perf_counter()
         chosen = select_to_label(features, 200, method=method, random_state=0)
         seconds = time.perf_counter() - started
-        print(f"| {method} | {seconds:.1f} | {len(np.unique(cluster[chosen]))} |", flush=True)
+        started = time.perf_counter()
+        select_to_label(features, 1, method=method, random_state=0)
+        one = time.perf_counter() - started
+        covered = len(np.unique(cluster[chosen]))
+        print(f"| {method} | {seconds:.1f} | {covered} | {one:.1f} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

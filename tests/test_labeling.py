@@ -97,6 +97,33 @@ def test_typiclust_takes_the_most_typical_image_of_a_cluster():
     assert chosen[0] == 1 + int(np.argmax(typical))
 
 
+def test_typicality_of_some_rows_equals_theirs_among_all():
+    features, _ = separated_clusters((40, 30), spread=2.0)
+    rows = np.array([0, 5, 41, 69])
+    np.testing.assert_allclose(
+        clusters.typicality(features, rows), clusters.typicality(features)[rows]
+    )
+
+
+def test_typicality_ignores_duplicates_of_an_image_as_its_neighbours_only_once():
+    features = np.array([[0.0], [0.0], [0.0], [1.0], [3.0], [6.0]])
+    expected = 1.0 / (np.array([0.0, 0.0, 1.0]).mean() + 1e-5)
+    assert clusters.typicality(features)[0] == pytest.approx(expected)
+
+
+def test_typiclust_samples_the_candidates_of_a_huge_cluster(monkeypatch):
+    # A cluster above the limit: typicality is computed for a seeded sample, against the whole
+    # cluster, and the pick still comes from its dense core.
+    monkeypatch.setattr(clusters, "TYPICALITY_MAX_CANDIDATES", 50)
+    rng = np.random.default_rng(0)
+    core = rng.normal(size=(150, 4)) * 0.02 + np.array([1.0, 0, 0, 0])
+    halo = rng.normal(size=(150, 4)) * 0.3 + np.array([1.0, 0, 0, 0])
+    features = np.concatenate([core, halo])
+    first = select_to_label(features, 1, random_state=0)
+    np.testing.assert_array_equal(first, select_to_label(features, 1, random_state=0))
+    assert first[0] < 150
+
+
 def test_kmeans_method_takes_the_image_closest_to_the_centroid():
     features = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.5, 0.5]])
     chosen = select_to_label(features, 1, method="kmeans", random_state=0)

@@ -31,6 +31,8 @@ __all__ = [
 MAX_CLUSTERS = 500
 SMALL_CLUSTER = 5
 TYPICALITY_NEIGHBOURS = 20
+# Above this many unlabeled images in a cluster, typicality is computed for a random sample.
+TYPICALITY_MAX_CANDIDATES = 5_000
 # k-means: 3 starts up to this many images, 1 above; seeds drawn from at most
 # SEEDING_IMAGES of them; at most MAX_ITERATIONS Lloyd steps.
 FULL_KMEANS_MAX_IMAGES = 20_000
@@ -51,7 +53,14 @@ def typical_per_cluster(
     """TypiClust: the most typical unlabeled image of each cluster, uncovered clusters first."""
 
     def most_typical_first(members: np.ndarray, cluster: int, centres: np.ndarray) -> np.ndarray:
-        return members[np.argsort(-typicality(unit[members]), kind="stable")]
+        rows = np.arange(len(members))
+        if len(members) > TYPICALITY_MAX_CANDIDATES:
+            # Typicality of a random sample of a huge cluster, against the whole cluster: the
+            # neighbour search costs sample x cluster, not cluster squared (seconds instead of
+            # a minute for one cluster of 100,000 images).
+            rows = np.sort(rng.choice(len(members), TYPICALITY_MAX_CANDIDATES, replace=False))
+        scores = typicality(unit[members], rows)
+        return members[rows[np.argsort(-scores, kind="stable")]]
 
     return _one_per_cluster(unit, n, labeled, candidates, rng, most_typical_first)
 
@@ -73,21 +82,32 @@ def closest_to_centroids(
     return _one_per_cluster(unit, n, labeled, candidates, rng, closest_first)
 
 
-def typicality(features: np.ndarray) -> np.ndarray:
+def typicality(features: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """TypiClust's typicality: the inverse of the mean distance to the nearest neighbours.
 
-    Over ``k = min(20, len(features) // 2)`` neighbours (each image's own row excluded), so
-    a small cluster is judged on half of itself, as in the paper's code; a single image has
-    typicality 1.
+    Over ``k = min(20, len(features) // 2)`` neighbours among ``features`` (each image's own
+    row excluded), so a small cluster is judged on half of itself, as in the paper's code; a
+    single image has typicality 1. ``rows`` (indices into ``features``) limits the images
+    whose typicality is computed; their neighbours are still searched among all.
 
     >>> points = np.array([[0.0], [0.1], [0.2], [5.0]])
     >>> int(np.argmax(typicality(points)))
     1
     """
     k = min(TYPICALITY_NEIGHBOURS, len(features) // 2)
+    if rows is None:
+        rows = np.arange(len(features))
     if k < 1:
-        return np.ones(len(features))
-    distances, _ = NearestNeighbors(n_neighbors=k).fit(features).kneighbors()
+        return np.ones(len(rows))
+    search = NearestNeighbors(n_neighbors=k + 1).fit(features)
+    distances, neighbours = search.kneighbors(features[rows])
+    # Drop each image itself; a duplicate found first in its place is dropped instead, and
+    # the image (at distance 0 as well) kept, which gives the same distances.
+    itself = neighbours == np.asarray(rows)[:, None]
+    first_self = np.where(itself.any(axis=1), itself.argmax(axis=1), 0)
+    keep = np.ones_like(itself)
+    keep[np.arange(len(rows)), first_self] = False
+    distances = distances[keep].reshape(len(rows), k)
     return 1.0 / (distances.mean(axis=1) + 1e-5)
 
 

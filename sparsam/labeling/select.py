@@ -45,8 +45,9 @@ def select_to_label(
       ``min(len(already_labeled) + n, 500)`` clusters; the clusters with the fewest labeled
       images come first, the largest first among equals, clusters of 5 images or fewer last;
       from each, the most *typical* unlabeled image (the inverse of its mean distance to its
-      ``min(20, size // 2)`` nearest neighbours in its cluster). With more images to pick than
-      clusters, the next most typical of each cluster in the same order.
+      ``min(20, size // 2)`` nearest neighbours in its cluster; in a cluster of more than
+      5,000 unlabeled images, the most typical of a random 5,000). With more images to pick
+      than clusters, the next most typical of each cluster in the same order.
     - ``"probcover"`` (Yehuda et al., NeurIPS 2022): greedily the image whose ball of radius
       ``delta`` holds the most images not yet covered by a labeled one (once everything is
       covered, random unlabeled images). ``delta=None`` takes the largest radius at which 95 %
