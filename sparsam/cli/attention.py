@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .embed import embedding_featurizer
-from .images import DATA_HELP, resolve_images
+from .images import DATA_HELP, add_backbone_option, add_inference_options, resolve_images
 
 __all__ = ["SOFTWARE", "add_parser", "output_names", "run", "run_attention"]
 
@@ -35,13 +35,7 @@ def add_parser(commands: Any) -> None:
         ),
     )
     attention.add_argument("data", metavar="DATA", help=DATA_HELP)
-    attention.add_argument(
-        "--backbone",
-        required=True,
-        metavar="SPEC",
-        help="a directory written by sparsam pretrain or save_backbone, its featurizer.joblib, "
-        "hf-hub:org/name, bm, endo, isic, or imagenet with --arch",
-    )
+    add_backbone_option(attention)
     attention.add_argument("--out", required=True, metavar="DIR", help="folder of the PNGs")
     attention.add_argument(
         "--heads",
@@ -60,12 +54,7 @@ def add_parser(commands: Any) -> None:
         "--no-overlay", action="store_true", help="draw the maps alone, not over the image"
     )
     attention.add_argument("--root", default=None, help="the download a data set name reads")
-    attention.add_argument("--arch", metavar="NAME", help="timm model name for --backbone imagenet")
-    attention.add_argument(
-        "--image-size", type=int, metavar="N", help="input size (default: the backbone's)"
-    )
-    attention.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    attention.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
+    add_inference_options(attention, batches=False)
     attention.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

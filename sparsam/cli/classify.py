@@ -22,6 +22,7 @@ import numpy as np
 from .images import (
     DATA_HELP,
     SKIPPED_REPORT,
+    add_backbone_option,
     add_on_error_option,
     reporting_skipped,
     resolve_images,
@@ -79,13 +80,7 @@ def add_parser(commands: Any) -> None:
         help="CSV with the columns path,label (paths absolute or relative to the CSV's folder; "
         "an empty label, or an image not in the file, is unlabeled)",
     )
-    classify.add_argument(
-        "--backbone",
-        required=True,
-        metavar="SPEC",
-        help="a directory written by sparsam pretrain or save_backbone, its featurizer.joblib, "
-        "hf-hub:org/name, bm, endo, isic, or imagenet with --arch",
-    )
+    add_backbone_option(classify)
     classify.add_argument(
         "--out", required=True, metavar="FILE.csv", help="the predictions of the unlabeled images"
     )

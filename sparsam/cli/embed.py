@@ -13,6 +13,8 @@ import numpy as np
 from .images import (
     DATA_HELP,
     SKIPPED_REPORT,
+    add_backbone_option,
+    add_inference_options,
     add_on_error_option,
     reporting_skipped,
     resolve_images,
@@ -36,23 +38,10 @@ def add_parser(commands: Any) -> None:
         ),
     )
     embed.add_argument("data", metavar="DATA", help=DATA_HELP)
-    embed.add_argument(
-        "--backbone",
-        required=True,
-        metavar="SPEC",
-        help="a directory written by sparsam pretrain or save_backbone, its featurizer.joblib, "
-        "hf-hub:org/name, bm, endo, isic, or imagenet with --arch",
-    )
+    add_backbone_option(embed)
     embed.add_argument("--out", required=True, metavar="FILE.npy", help="the embeddings file")
     embed.add_argument("--root", default=None, help="the download a data set name reads")
-    embed.add_argument("--arch", metavar="NAME", help="timm model name for --backbone imagenet")
-    embed.add_argument(
-        "--image-size", type=int, metavar="N", help="input size (default: the backbone's)"
-    )
-    embed.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass")
-    embed.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    embed.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
-    embed.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers")
+    add_inference_options(embed)
     embed.add_argument(
         "--pooling",
         choices=["cls", "mean", "cls+mean"],

@@ -182,6 +182,33 @@ def _images_in_csv_list(list_file: Path) -> list[Path]:
     return images
 
 
+def add_backbone_option(parser: argparse.ArgumentParser) -> None:
+    """Add the required ``--backbone SPEC`` of the commands that embed with a trained
+    backbone."""
+    parser.add_argument(
+        "--backbone",
+        required=True,
+        metavar="SPEC",
+        help="a directory written by sparsam pretrain or save_backbone, its featurizer.joblib, "
+        "hf-hub:org/name, bm, endo, isic, or imagenet with --arch",
+    )
+
+
+def add_inference_options(parser: argparse.ArgumentParser, *, batches: bool = True) -> None:
+    """Add how a backbone runs: ``--arch``, ``--image-size``, ``--device``, ``--precision``,
+    and with ``batches`` also ``--batch-size`` and ``--num-workers``."""
+    parser.add_argument("--arch", metavar="NAME", help="timm model name for --backbone imagenet")
+    parser.add_argument(
+        "--image-size", type=int, metavar="N", help="input size (default: the backbone's)"
+    )
+    if batches:
+        parser.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
+    if batches:
+        parser.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers")
+
+
 def add_on_error_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--on-error raise|skip`` (the estimators' ``on_error``) to a command that reads
     images; `reporting_skipped` writes the report of what it skipped."""

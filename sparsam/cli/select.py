@@ -20,6 +20,8 @@ import numpy as np
 from .images import (
     DATA_HELP,
     SKIPPED_REPORT,
+    add_backbone_option,
+    add_inference_options,
     add_on_error_option,
     reporting_skipped,
     resolve_images,
@@ -51,13 +53,7 @@ def add_parser(commands: Any) -> None:
         ),
     )
     select.add_argument("data", metavar="DATA", help=DATA_HELP)
-    select.add_argument(
-        "--backbone",
-        required=True,
-        metavar="SPEC",
-        help="a directory written by sparsam pretrain or save_backbone, its featurizer.joblib, "
-        "hf-hub:org/name, bm, endo, isic, or imagenet with --arch",
-    )
+    add_backbone_option(select)
     select.add_argument("--n", required=True, type=int, metavar="N", help="images to choose")
     select.add_argument(
         "--out", required=True, metavar="FILE.csv", help="the chosen images, as a labels CSV"
@@ -89,14 +85,7 @@ def add_parser(commands: Any) -> None:
         help="cache the embeddings there (DinoFeaturizer's memory; default: the folder of "
         "--out), so that the next round with --labeled reads them instead of embedding again",
     )
-    select.add_argument("--arch", metavar="NAME", help="timm model name for --backbone imagenet")
-    select.add_argument(
-        "--image-size", type=int, metavar="N", help="input size (default: the backbone's)"
-    )
-    select.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass")
-    select.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    select.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(default: auto)")
-    select.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers")
+    add_inference_options(select)
     add_on_error_option(select)
     select.add_argument(
         "--overwrite",

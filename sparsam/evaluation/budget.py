@@ -262,8 +262,9 @@ def budget_curve(
                 for seed in seeds
             ]
             scores[method][budget] = np.array([score for score, _ in runs])
-            coverage[method][budget] = np.array([len(np.unique(got)) for _, got in runs])
-            coverage[method][budget] = coverage[method][budget] / len(classes)
+            coverage[method][budget] = np.array(
+                [len(np.unique(got)) / len(classes) for _, got in runs]
+            )
     return BudgetCurveResult(np.array(budgets), len(classes), scores, coverage, scoring)
 
 
